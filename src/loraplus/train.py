@@ -1,0 +1,208 @@
+"""One fine-tuning run: ``TrainConfig`` -> data + PEFT LoRA model -> ``LoraPlusTrainer`` -> artifacts.
+
+The run folder holds ``adapter/`` (PEFT adapter: ``adapter_model.safetensors`` + ``adapter_config.json``,
+loadable with ``peft.PeftModel.from_pretrained``), ``metrics.json`` (written last: a run with it is finished),
+``config.json`` (resolved options, labels, versions, parameter groups), ``log_history.json`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .io import atomic_dir, atomic_write_json
+
+__all__ = ["compute_metrics", "prepare_output_dir", "run_train"]
+
+logger = logging.getLogger("loraplus")
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
+    """Check the run folder before any training: refuse to replace a run, and fail early if it is unwritable.
+
+    Raises:
+        FileExistsError: ``path`` holds a run (``metrics.json`` or checkpoints) and ``overwrite`` is False.
+        PermissionError: ``path`` cannot be created or written.
+    """
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output_dir {str(out)!r} is a file, not a folder")
+    finished = (out / "metrics.json").exists()
+    started = (out / "checkpoints").exists() or (out / "adapter").exists()
+    if (finished or started) and not overwrite:
+        what = "a finished run (metrics.json)" if finished else "an unfinished run (checkpoints/adapter)"
+        raise FileExistsError(f"output_dir {str(out)!r} holds {what}; pass --overwrite or choose another --output-dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output_dir {str(out)!r} is not writable: {err.strerror or err}") from None
+    if overwrite:
+        (out / "metrics.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return out
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 (unweighted mean of per-class F1, sklearn) from ``(logits, labels)``."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    preds = np.asarray(logits).argmax(-1)
+    return {"accuracy": float(accuracy_score(labels, preds)), "macro_f1": float(f1_score(labels, preds, average="macro"))}
+
+
+def _tokenize(data, tokenizer, cfg: TrainConfig):
+    """Tokenize the splits (no padding: batches are padded dynamically) and apply the sample limits."""
+    splits = data.splits
+    if cfg.max_train_samples is not None:
+        splits["train"] = splits["train"].select(range(min(cfg.max_train_samples, len(splits["train"]))))
+    for name in ("validation", "test"):
+        if cfg.max_eval_samples is not None:
+            splits[name] = splits[name].select(range(min(cfg.max_eval_samples, len(splits[name]))))
+    if len(splits["train"]) < cfg.batch_size:
+        raise ValueError(
+            f"the training split has {len(splits['train'])} examples, fewer than batch_size={cfg.batch_size}"
+        )
+
+    def encode(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
+
+    return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+
+
+def _training_arguments(cfg: TrainConfig, out: Path):
+    from .hf import LoraPlusTrainingArguments
+
+    return LoraPlusTrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=cfg.learning_rate,
+        loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+        loraplus_lr_embedding=cfg.loraplus_lr_embedding,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a fraction of all steps
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
+    """Load the model at ``path``, inject LoRA, tokenize, and return ``(trainer, tokenizer, tokenized splits)``."""
+    import transformers
+    from transformers import DataCollatorWithPadding
+
+    from .hf import LoraPlusTrainer
+    from .models import apply_lora, load_sequence_classifier, model_max_length
+
+    transformers.set_seed(cfg.seed)
+    tokenizer, model = load_sequence_classifier(path, data.label_names, trust_remote_code=cfg.trust_remote_code)
+    limit = model_max_length(tokenizer, model)
+    if cfg.max_length > limit:
+        raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
+    model = apply_lora(model, cfg.lora())
+    tokenized = _tokenize(data, tokenizer, cfg)
+    trainer = LoraPlusTrainer(
+        model=model,
+        args=_training_arguments(cfg, out),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+    )
+    return trainer, tokenizer, tokenized
+
+
+def _split_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    keys = ("accuracy", "macro_f1", "loss")
+    return {k: float(metrics[f"{prefix}_{k}"]) for k in keys if f"{prefix}_{k}" in metrics}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("loraplus", "torch", "transformers", "peft", "accelerate", "datasets")
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def run_train(cfg: TrainConfig, callbacks=()) -> dict:
+    """Fine-tune ``cfg.model`` on ``cfg.dataset`` with LoRA+ and write the run folder.
+
+    Returns the metrics dict also written to ``metrics.json``:
+    ``{"test": {"accuracy", "macro_f1", "loss"}, "validation": {...}, "train": {...}, "wall_time_s": float}``.
+
+    Raises:
+        FileExistsError, PermissionError: see ``prepare_output_dir``.
+        ValueError: bad options, data or model (from the loaders), or a split smaller than one batch.
+    """
+    from .data import load_classification_data
+    from .models import resolve_model
+    from .optim import describe_groups
+
+    start = time.perf_counter()
+    out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite)
+    path = resolve_model(cfg.model)  # a bad model name fails before the data is read
+    data = load_classification_data(
+        cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
+        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+    )  # fmt: skip
+    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks)
+    sizes = {name: len(split) for name, split in tokenized.items()}
+    logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
+    train_result = trainer.train()
+    validation = trainer.evaluate()
+    test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
+    with atomic_dir(out / "adapter") as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    run_config = {
+        "config": cfg.to_dict(),
+        "model_path": str(trainer.model.peft_config["default"].base_model_name_or_path),
+        "labels": data.label_names,
+        "data": {"source": data.source, "sizes": sizes, "duplicates_removed": data.num_duplicates_removed},
+        "parameter_groups": describe_groups(trainer.optimizer).splitlines(),
+        "versions": _versions(),
+    }
+    atomic_write_json(out / "config.json", run_config)
+    atomic_write_json(out / "log_history.json", trainer.state.log_history)
+    metrics = {
+        "test": _split_metrics(test, "test"),
+        "validation": _split_metrics(validation, "eval"),
+        "train": {
+            "loss": float(train_result.training_loss),
+            "steps": int(trainer.state.global_step),
+            "runtime_s": float(train_result.metrics.get("train_runtime", 0.0)),
+            "samples_per_second": float(train_result.metrics.get("train_samples_per_second", 0.0)),
+        },
+        "wall_time_s": time.perf_counter() - start,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
