@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,12 +56,16 @@ def by_layer(records, step):
 
 
 def test_deltas_match_hand_computation_after_one_sgd_step():
-    model = peft_mlp(random_b=True)
+    """The probe runs without dropout (eval mode), so x is the layer's clean input at θ_{t-1}."""
+    model = peft_mlp(random_b=True, dropout=0.5, lora_dropout=0.5)
     x = probe_x()
     lora = {n: model.base_model.model.get_submodule(n) for n in ("fc1", "fc2")}
-    before = {n: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone()) for n, m in lora.items()}
-    with torch.no_grad():  # inputs of each LoRA layer at θ_{t-1}: fc1 sees x, fc2 sees relu(fc1(x)) (dropout 0)
+    before = {n: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+              for n, m in lora.items()}  # fmt: skip
+    with torch.no_grad():  # inputs of each LoRA layer at θ_{t-1} in eval mode: fc1 sees x, fc2 sees relu(fc1(x))
+        model.eval()
         inputs = {"fc1": x.reshape(-1, 6), "fc2": torch.relu(lora["fc1"](x)).reshape(-1, 5)}
+        model.train()
     monitor = FeatureLearningMonitor(model, x, every=1)
     opt = torch.optim.SGD([{"params": [p for n, p in model.named_parameters() if "lora_A" in n], "lr": 0.1},
                            {"params": [p for n, p in model.named_parameters() if "lora_B" in n], "lr": 0.3}])  # fmt: skip
@@ -321,8 +326,31 @@ def test_trainer_callback_logs_values(trainer_runs):
     for entry in train_logs[1:]:
         assert entry["fl/delta_A"] > 0 and entry["fl/delta_B"] > 0 and math.isfinite(entry["fl/log10_ratio"])
     assert [e.get("fl/step") for e in recorder.seen if "loss" in e] == [1, 3, 5]  # reporters see the values too
-    saved = json.loads((trainer.args.output_dir and __import__("pathlib").Path(trainer.args.output_dir) / "feature_learning.json").read_text())
+    saved = json.loads((Path(trainer.args.output_dir) / "feature_learning.json").read_text())
     assert saved["sampled_steps"] == 3
+
+
+def test_padding_tokens_are_left_out():
+    """Two probes that differ only at padded positions (attention_mask 0) give the same δ in every layer."""
+    model = tiny_peft_bert()
+    rows = tiny_rows(4)
+    probes = []
+    for pad_id in (0, 7):
+        ids = torch.stack([r["input_ids"] for r in rows])
+        mask = torch.stack([r["attention_mask"] for r in rows])
+        probes.append({"input_ids": torch.where(mask.bool(), ids, pad_id), "attention_mask": mask})
+    assert not torch.equal(probes[0]["input_ids"], probes[1]["input_ids"])
+    monitors = [FeatureLearningMonitor(model, probe, every=1) for probe in probes]
+    opt = torch.optim.AdamW(loraplus_param_groups(model, lr=1e-2))
+    for _ in range(2):
+        model(**probes[0], labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+        with monitors[0].step(), monitors[1].step():
+            opt.step()
+        opt.zero_grad()
+    for r0, r1 in zip(monitors[0].history, monitors[1].history, strict=True):
+        assert r0["layer"] == r1["layer"]
+        assert r0["delta_A"] == pytest.approx(r1["delta_A"], rel=1e-5, abs=1e-12)
+        assert r0["delta_B"] == pytest.approx(r1["delta_B"], rel=1e-5)
 
 
 def test_trainer_callback_does_not_change_training(trainer_runs):

@@ -138,3 +138,45 @@ def test_minilm_on_bbc_news_slice_saves_and_reloads(tmp_path):
     accuracy, loss = reload_and_score(out, test, data.label_names)
     assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
     assert np.isfinite(loss) and loss == pytest.approx(metrics["test"]["loss"], rel=1e-4)
+
+
+class StopAfterSave:
+    """A TrainerCallback that kills the run (an exception) right after the checkpoint of step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):  # every other callback event: do nothing
+        return lambda *args, **kwargs: None
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"simulated crash after checkpoint {self.step}")
+
+
+def logged_losses(run_dir):
+    rows = json.loads((run_dir / "log_history.json").read_text())
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+def test_resume_continues_exactly_where_the_crash_left(tiny_bert_dir, tiny_csv, tmp_path):
+    whole = tmp_path / "whole"
+    run_train(tiny_config(tiny_bert_dir, tiny_csv, whole))
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(tiny_config(tiny_bert_dir, tiny_csv, crashed), callbacks=[StopAfterSave(6)])
+    assert not (crashed / "metrics.json").exists()
+    with pytest.raises(FileExistsError, match="--resume to continue"):
+        run_train(tiny_config(tiny_bert_dir, tiny_csv, crashed))
+    resumed = run_train(tiny_config(tiny_bert_dir, tiny_csv, crashed, resume=True))
+    expected = logged_losses(whole)
+    got = logged_losses(crashed)
+    assert sorted(got) == [3, 6, 9, 12]  # 3 and 6 come back from the checkpoint's trainer state
+    for step in (3, 6, 9, 12):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+    assert resumed["test"]["loss"] == pytest.approx(json.loads((whole / "metrics.json").read_text())["test"]["loss"], rel=1e-6)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_bert_dir, tiny_csv, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_train(tiny_config(tiny_bert_dir, tiny_csv, tmp_path / "empty", resume=True))

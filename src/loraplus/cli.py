@@ -30,29 +30,31 @@ def _base_type(annotation):
     return hint, optional
 
 
-def _parse_tuple(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
 def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--option-name`` per field of ``cls`` (a dataclass); help from ``field.metadata['help']``."""
+    """``--config FILE`` plus one ``--option-name`` per field of ``cls``; help from ``field.metadata['help']``.
+
+    Options not given stay out of the namespace, so a config file's values survive unless a flag overrides them.
+    """
+    parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of options; flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind, _ = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            action = argparse.BooleanOptionalAction
+            parser.add_argument(flag, dest=f.name, action=action, default=argparse.SUPPRESS, help=help_text)
             continue
-        convert = _parse_tuple if typing.get_origin(kind) is tuple else kind
-        parser.add_argument(
-            flag, dest=f.name, type=convert, default=f.default, metavar=f.name.upper(),
-            help=help_text,
-        )  # fmt: skip
+        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    """Build ``cls`` from: its defaults < the ``--config`` file < flags given on the command line."""
+    from .configfile import read_config_file
+
+    options = read_config_file(args.config, cls) if args.config else {}
+    options.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    return cls(**options)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -79,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a model with PEFT LoRA and the LoRA+ optimizer",
         description="Fine-tune a sequence classifier with PEFT LoRA and LoRA+ (lr_B = loraplus_lr_ratio · lr_A); "
         "prints test metrics and writes the run folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_dataclass_options(train, TrainConfig)
     train.set_defaults(func=_cmd_train)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from .groups import LoraPlusConfig, as_float
@@ -27,6 +28,7 @@ class TrainConfig:
     dataset: str = _opt("bbc-news", "built-in dataset (bbc-news, sms-spam), a csv/tsv/json/jsonl/parquet file, or a hub id")
     output_dir: str = _opt("runs/train", "run folder: adapter, metrics.json, config.json, log_history.json, checkpoints")
     overwrite: bool = _opt(False, "replace a finished (or unfinished) run in output_dir")
+    resume: bool = _opt(False, "continue an unfinished run from the last checkpoint in output_dir")
     text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
     label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
     learning_rate: float = _opt(5e-4, "lr_A: lr of the lora_A factors and of the classification head")
@@ -56,6 +58,11 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if self.overwrite and self.resume:
+            raise ValueError("give --overwrite (start over) or --resume (continue), not both")
         as_float("learning_rate", self.learning_rate)
         self.loraplus()  # validates lr, ratio, embedding lr, weight decay
         self.lora()  # validates r, alpha, dropout, targets
@@ -83,6 +90,45 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def coerce(name: str, value, hint):
+    """Convert a value read from YAML or the command line to the field's type, or raise ``ValueError``.
+
+    ``"1e-6"`` -> 1e-06 for float fields, ``"8"`` -> 8 for int fields, ``"q,v"`` or ``["q", "v"]`` -> ("q", "v")
+    for tuple fields. Ranges are checked afterwards by the config itself.
+    """
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    if typing.get_origin(kind) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+            raise ValueError(f"{name} must be a list of names or a comma-separated string, got {value!r}")
+        return tuple(t.strip() for t in items if t.strip())
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if kind is int and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and number.is_integer():
+                number = int(number)
+        except ValueError:
+            number = value
+        if isinstance(number, int):
+            return number
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def _positive_int(name: str, value) -> None:

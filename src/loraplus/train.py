@@ -8,6 +8,7 @@ loadable with ``peft.PeftModel.from_pretrained``), ``metrics.json`` (written las
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,24 +23,33 @@ __all__ = ["compute_metrics", "prepare_output_dir", "run_train"]
 logger = logging.getLogger("loraplus")
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
-    """Check the run folder before any training: refuse to replace a run, and fail early if it is unwritable.
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check the run folder before any training: never replace a run silently, fail early if unwritable.
 
     Raises:
-        FileExistsError: ``path`` holds a run (``metrics.json`` or checkpoints) and ``overwrite`` is False.
+        FileExistsError: ``path`` holds a run (``metrics.json`` or checkpoints) and neither ``overwrite`` nor
+            (for an unfinished run) ``resume`` is given.
+        FileNotFoundError: ``resume`` with no checkpoint to resume from.
         PermissionError: ``path`` cannot be created or written.
     """
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output_dir {str(out)!r} is a file, not a folder")
     finished = (out / "metrics.json").exists()
-    started = (out / "checkpoints").exists() or (out / "adapter").exists()
-    if (finished or started) and not overwrite:
+    started = any((out / "checkpoints").glob("checkpoint-*")) or (out / "adapter").exists()
+    if resume and finished:
+        raise FileExistsError(f"output_dir {str(out)!r} holds a finished run (metrics.json): nothing to resume")
+    if resume and not any((out / "checkpoints").glob("checkpoint-*")):
+        raise FileNotFoundError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}")
+    if (finished or started) and not (overwrite or resume):
         what = "a finished run (metrics.json)" if finished else "an unfinished run (checkpoints/adapter)"
-        raise FileExistsError(f"output_dir {str(out)!r} holds {what}; pass --overwrite or choose another --output-dir")
+        raise FileExistsError(
+            f"output_dir {str(out)!r} holds {what}; pass --overwrite to replace it, "
+            f"{'--resume to continue it, ' if not finished else ''}or choose another --output-dir"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -165,10 +175,9 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     """
     from .data import load_classification_data
     from .models import resolve_model
-    from .optim import describe_groups
 
     start = time.perf_counter()
-    out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite)
+    out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     path = resolve_model(cfg.model)  # a bad model name fails before the data is read
     data = load_classification_data(
         cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
@@ -177,9 +186,29 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks)
     sizes = {name: len(split) for name, split in tokenized.items()}
     logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     validation = trainer.evaluate()
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
+    metrics = {
+        "test": _split_metrics(test, "test"),
+        "validation": _split_metrics(validation, "eval"),
+        "train": {
+            "loss": float(train_result.training_loss),
+            "steps": int(trainer.state.global_step),
+            "runtime_s": float(train_result.metrics.get("train_runtime", 0.0)),
+            "samples_per_second": float(train_result.metrics.get("train_samples_per_second", 0.0)),
+        },
+        "wall_time_s": time.perf_counter() - start,
+    }
+    if trainer.is_world_process_zero():  # under torchrun/accelerate only rank 0 writes
+        _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics)
+    return metrics
+
+
+def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, sizes: dict, metrics: dict) -> None:
+    """Adapter, config.json, log_history.json, then metrics.json last (its presence marks a finished run)."""
+    from .optim import describe_groups
+
     with atomic_dir(out / "adapter") as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -193,16 +222,4 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     }
     atomic_write_json(out / "config.json", run_config)
     atomic_write_json(out / "log_history.json", trainer.state.log_history)
-    metrics = {
-        "test": _split_metrics(test, "test"),
-        "validation": _split_metrics(validation, "eval"),
-        "train": {
-            "loss": float(train_result.training_loss),
-            "steps": int(trainer.state.global_step),
-            "runtime_s": float(train_result.metrics.get("train_runtime", 0.0)),
-            "samples_per_second": float(train_result.metrics.get("train_samples_per_second", 0.0)),
-        },
-        "wall_time_s": time.perf_counter() - start,
-    }
     atomic_write_json(out / "metrics.json", metrics)
-    return metrics

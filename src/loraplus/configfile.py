@@ -1,0 +1,64 @@
+"""YAML run configs like the anchors' (LLaMA-Factory, axolotl): field names of the field, safe loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+
+__all__ = ["ALIASES", "read_config_file"]
+
+# Names used by Hugging Face TrainingArguments, PEFT and the anchors -> our field names.
+ALIASES: dict[str, str] = {
+    "lora_r": "r",
+    "lora_rank": "r",
+    "lr": "learning_rate",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "max_seq_length": "max_length",
+    "cutoff_len": "max_length",
+    "sequence_len": "max_length",
+    "lora_target": "target_modules",
+    "lora_target_modules": "target_modules",
+    "model_name_or_path": "model",
+    "base_model": "model",
+    "lora_dropout_p": "lora_dropout",
+}
+
+
+def read_config_file(path: str | Path, cls) -> dict:
+    """Read a YAML (or JSON) mapping of options for dataclass ``cls``; keys may use ``-`` or aliases.
+
+    Values are returned as written (``"1e-6"`` stays a string: the dataclass converts it). Parsed with
+    ``yaml.safe_load`` (no Python objects).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, an unknown key (with the closest valid key), or the same option twice.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of option: value, got {type(raw).__name__}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    options: dict = {}
+    for key, value in raw.items():
+        name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields + list(ALIASES), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ValueError(f"unknown key {key!r} in {str(path)!r}{hint}")
+        if name in options:
+            raise ValueError(f"{str(path)!r} sets {name!r} twice (as {key!r} and an alias)")
+        options[name] = value
+    return options
