@@ -90,7 +90,9 @@ def test_models_without_lora_warn_that_the_ratio_has_no_effect(key):
 def test_loraplus_lr_embedding_moves_both_embedding_factors(key, embedding_lr):
     case = TINY_MODELS[key]
     model = case.build()
-    groups = loraplus_param_groups(model, lr=LR, loraplus_lr_ratio=RATIO, weight_decay=WD, loraplus_lr_embedding=embedding_lr)
+    groups = loraplus_param_groups(
+        model, lr=LR, loraplus_lr_ratio=RATIO, weight_decay=WD, loraplus_lr_embedding=embedding_lr
+    )
     got = options_by_name(model, groups)
     expected = {n: (g, *GROUP_OPTIONS[g]) for n, g in case.expected.items()}
     for name in case.embedding_factors:
@@ -187,6 +189,25 @@ def test_tied_lora_factor_appears_once():
         "0.lora_B": ("lora_B", 0.016, 0.0),
         "1.bias": ("no_decay", 1e-3, 0.0),
         "1.lora_B": ("lora_B", 0.016, 0.0),
+    }
+
+
+def test_bias_of_an_a_factor_goes_to_a_no_decay():
+    class BiasedAdapter(nn.Module):  # torchtune-style names, both factors with biases
+        def __init__(self):
+            super().__init__()
+            self.lora_a = nn.Linear(8, 2)
+            self.lora_b = nn.Linear(2, 8)
+
+    torch.manual_seed(0)
+    model = BiasedAdapter()
+    groups = loraplus_param_groups(model, lr=LR, weight_decay=WD)
+    check_invariants(model, groups)
+    assert options_by_name(model, groups) == {
+        "lora_a.weight": ("lora_A", 1e-3, 0.1),
+        "lora_a.bias": ("lora_A_no_decay", 1e-3, 0.0),
+        "lora_b.weight": ("lora_B", 0.016, 0.1),
+        "lora_b.bias": ("lora_B_no_decay", 0.016, 0.0),
     }
 
 

@@ -177,7 +177,8 @@ def test_ready_optimizer_passed_to_plain_trainer_keeps_its_groups(tmp_path):
 def test_ready_optimizer_passed_to_loraplus_trainer_is_used_as_given(tmp_path):
     model = tiny_peft_classifier()
     optimizer = create_loraplus_optimizer(model, torch.optim.SGD, lr=0.1, loraplus_lr_ratio=2)
-    trainer = LoraPlusTrainer(model=model, args=arguments(tmp_path, LoraPlusTrainingArguments), optimizers=(optimizer, None))
+    args = arguments(tmp_path, LoraPlusTrainingArguments)
+    trainer = LoraPlusTrainer(model=model, args=args, optimizers=(optimizer, None))
     assert trainer.create_optimizer() is optimizer
     assert group_options(optimizer)["lora_B"] == (0.2, 0.0)
 
@@ -185,21 +186,21 @@ def test_ready_optimizer_passed_to_loraplus_trainer_is_used_as_given(tmp_path):
 @pytest.mark.parametrize("key", ["params", "model", "optimizer_dict"])
 def test_optimizer_that_builds_its_own_params_raises(tmp_path, key):
     model = tiny_peft_classifier()
-    trainer = LoraPlusTrainer(
-        model=model, args=arguments(tmp_path), optimizer_cls_and_kwargs=(torch.optim.AdamW, {key: list(model.parameters())})
-    )
+    own_params = (torch.optim.AdamW, {key: list(model.parameters())})
+    trainer = LoraPlusTrainer(model=model, args=arguments(tmp_path), optimizer_cls_and_kwargs=own_params)
     with pytest.raises(ValueError, match=rf"builds its own parameter groups \(\['{key}'\]\)"):
         trainer.create_optimizer()
 
 
 def test_optimizer_factory_raises(tmp_path):
-    """transformers calls a non-Optimizer ``optimizer_cls`` as a factory, ``cls()(model, **kwargs)``: no LoRA+ groups."""
+    """transformers calls a non-Optimizer ``optimizer_cls`` as a factory, ``cls()(model, **kwargs)``: no groups."""
 
     class Factory:
         def __call__(self, model, **kwargs):
             return torch.optim.AdamW(model.parameters(), **kwargs)
 
-    trainer = LoraPlusTrainer(model=tiny_peft_classifier(), args=arguments(tmp_path), optimizer_cls_and_kwargs=(Factory, {}))
+    args = arguments(tmp_path)
+    trainer = LoraPlusTrainer(model=tiny_peft_classifier(), args=args, optimizer_cls_and_kwargs=(Factory, {}))
     with pytest.raises(ValueError, match="builds its own parameter groups"):
         trainer.create_optimizer()
 
@@ -220,7 +221,8 @@ def test_bnb_8bit_via_trainer_keeps_embeddings_32_bit(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = _peft(EmbedLinear(), target_modules=["emb", "out"])
-    trainer = LoraPlusTrainer(model=model, args=arguments(tmp_path), optimizer_cls_and_kwargs=(AdamW, {"optim_bits": 8}))
+    args = arguments(tmp_path)
+    trainer = LoraPlusTrainer(model=model, args=args, optimizer_cls_and_kwargs=(AdamW, {"optim_bits": 8}))
     assert isinstance(trainer.create_optimizer(), AdamW)
     assert calls == [(model.base_model.model.emb.base_layer, "weight", {"optim_bits": 32})]
 

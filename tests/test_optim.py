@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from loraplus import create_loraplus_optimizer, describe_groups
-from loraplus.groups import group_of_each_parameter, loraplus_param_groups
 from tiny_models import TINY_MODELS, P
 
 
@@ -171,7 +170,9 @@ def test_bad_numbers_raise_naming_the_value(option, bad):
 
 def test_numeric_strings_are_converted():
     model = TINY_MODELS["peft_embedding"].build()
-    opt = create_loraplus_optimizer(model, lr="1e-3", loraplus_lr_ratio="4", loraplus_lr_embedding="1e-6", weight_decay="0.1")
+    opt = create_loraplus_optimizer(
+        model, lr="1e-3", loraplus_lr_ratio="4", loraplus_lr_embedding="1e-6", weight_decay="0.1"
+    )
     assert {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups} == {
         "lora_A": (1e-3, 0.1),
         "lora_B": (4e-3, 0.1),
@@ -190,9 +191,11 @@ def test_weight_decay_and_loraplus_weight_decay():
     model = TINY_MODELS["peft_linear"].build()
     with pytest.raises(ValueError, match=r"weight_decay=0\.1 and loraplus_weight_decay=0\.0 disagree"):
         create_loraplus_optimizer(model, lr=1e-3, weight_decay=0.1, loraplus_weight_decay=0.0)
-    for options in ({"weight_decay": 0.1}, {"loraplus_weight_decay": 0.1}, {"weight_decay": 0.1, "loraplus_weight_decay": 0.1}):
+    both = {"weight_decay": 0.1, "loraplus_weight_decay": 0.1}
+    for options in ({"weight_decay": 0.1}, {"loraplus_weight_decay": 0.1}, both):
         opt = create_loraplus_optimizer(model, lr=1e-3, **options)
-        assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == {"lora_A": 0.1, "lora_B": 0.1, "no_decay": 0.0}
+        got = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+        assert got == {"lora_A": 0.1, "lora_B": 0.1, "no_decay": 0.0}
     assert {g["weight_decay"] for g in create_loraplus_optimizer(model, lr=1e-3).param_groups} == {0.0}
 
 
@@ -250,7 +253,8 @@ def test_optimizer_whose_constructor_requires_lr():
     model = TINY_MODELS["peft_linear_plain"].build()
     opt = create_loraplus_optimizer(model, NeedsLr, lr=0.1, loraplus_lr_ratio=4, momentum=0.9)
     assert isinstance(opt, NeedsLr)
-    assert {g["name"]: (g["lr"], g["momentum"]) for g in opt.param_groups} == {"lora_A": (0.1, 0.9), "lora_B": (0.4, 0.9)}
+    got = {g["name"]: (g["lr"], g["momentum"]) for g in opt.param_groups}
+    assert got == {"lora_A": (0.1, 0.9), "lora_B": (0.4, 0.9)}
 
 
 def test_optimizer_kwargs_reach_the_optimizer():
@@ -337,6 +341,8 @@ def test_optimizer_cls_may_be_any_callable():
     import functools
 
     model = TINY_MODELS["peft_linear_plain"].build()
-    opt = create_loraplus_optimizer(model, functools.partial(torch.optim.SGD, momentum=0.5), lr=0.1, loraplus_lr_ratio=2)
-    assert {g["name"]: (g["lr"], g["momentum"]) for g in opt.param_groups} == {"lora_A": (0.1, 0.5), "lora_B": (0.2, 0.5)}
+    sgd = functools.partial(torch.optim.SGD, momentum=0.5)
+    opt = create_loraplus_optimizer(model, sgd, lr=0.1, loraplus_lr_ratio=2)
+    got = {g["name"]: (g["lr"], g["momentum"]) for g in opt.param_groups}
+    assert got == {"lora_A": (0.1, 0.5), "lora_B": (0.2, 0.5)}
     assert math.isclose(opt.defaults["lr"], 0.1)

@@ -10,7 +10,7 @@ Shapes follow REFERENCE.md: A (r, in), B (out, r); r = 2 everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,7 +29,6 @@ class TinyModel:
     embedding_factors: tuple[str, ...] = ()  # parameter names of embedding-LoRA factors
     has_lora: bool = True
     notes: str = ""
-    tags: frozenset[str] = field(default_factory=frozenset)
 
 
 # --------------------------------------------------------------------------- plain base models
@@ -297,8 +296,19 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+class ScaleNorm2d(nn.Module):
+    """A norm whose scale is 2-D, (1, dim) broadcast over the batch: no decay because the class is a *Norm*."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, dim))
+
+    def forward(self, x):
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * self.scale
+
+
 class RMSNormModel(nn.Module):
-    """Biased Linears (trainable), a custom ``RMSNorm``, and a loralib-style adapted layer."""
+    """Biased Linears (trainable), a custom ``RMSNorm``, a 2-D-scale norm and a loralib-style adapted layer."""
 
     def __init__(self):
         super().__init__()
@@ -306,6 +316,7 @@ class RMSNormModel(nn.Module):
         self.rms = RMSNorm(16)
         self.attn = LoralibLinear(16, 16)
         self.down = nn.Linear(16, 8)
+        self.final = ScaleNorm2d(8)
 
 
 def rmsnorm_biases() -> nn.Module:
@@ -456,6 +467,7 @@ TINY_MODELS: dict[str, TinyModel] = {
             "attn.lora_B": "lora_B",
             "down.weight": "other",
             "down.bias": "no_decay",
+            "final.scale": "no_decay",  # 2-D, but owned by a *Norm* class
         },
     ),
     "tied": TinyModel(

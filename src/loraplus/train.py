@@ -105,7 +105,7 @@ def _training_arguments(cfg: TrainConfig, out: Path):
         lr_scheduler_type=cfg.lr_scheduler_type,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
-        save_strategy="steps",
+        save_strategy="steps" if cfg.save_checkpoints else "no",
         save_steps=cfg.eval_steps,
         save_total_limit=2,
         logging_steps=cfg.logging_steps,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +32,46 @@ SCALING_LABELS = {
     "loraplus": "LoRA+: η_a = c/n, η_b = c",
 }
 TERMS = ("delta1", "delta2", "delta3")
+
+
+def check_widths(widths: Sequence[int], name: str = "widths") -> None:
+    """Raise ValueError unless ``widths`` is a non-empty sequence of distinct powers of two ≥ 2."""
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) < 2:
+        raise ValueError(f"{name} must hold at least 2 widths (powers of two >= 2), got {widths!r}")
+    for n in widths:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2 or n & (n - 1):
+            raise ValueError(f"{name} must be powers of two >= 2, got {n!r} in {widths!r}")
+    if len(set(widths)) != len(widths):
+        raise ValueError(f"{name} must be distinct, got {widths!r}")
+
+
+
+
+
+@dataclass(frozen=True)
+class DeltaToyConfig:
+    """Options of the δ-scaling measurement; checks itself (ValueError naming the bad value).
+
+    widths: n values (distinct powers of two ≥ 2, at least 2); seeds: random problems per width (≥ 1);
+    steps: GD steps T (≥ 2, statistics use steps 2..T); lr: the base rate c (> 0); seed: base seed.
+    """
+
+    widths: tuple[int, ...] = tuple(2**k for k in range(6, 14))
+    seeds: int = 256
+    steps: int = 5
+    lr: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_widths(self.widths, "widths")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise ValueError(f"seeds must be an int >= 1, got {self.seeds!r}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 2:
+            raise ValueError(f"delta steps must be an int >= 2 (δ¹ needs b ≠ 0, from step 2), got {self.steps!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"delta lr must be a finite float > 0, got {self.lr!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
 
 
 def scaling_lrs(scaling: str, n: int, c: float) -> tuple[float, float]:

