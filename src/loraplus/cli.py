@@ -88,11 +88,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .experiments.compare import CompareConfig, run_compare, summary_markdown
+
+    cfg = dataclass_from_args(CompareConfig, args)
+    summary = run_compare(cfg)
+    print(summary_markdown(summary, cfg), end="")
+    print(f"-> {cfg.output_dir}/summary.md, metric.png, train_loss.png")
+    return 1 if any(s["failed"] for s in summary["methods"].values()) else 0
+
+
 def _config_classes() -> dict:
     from .config import TrainConfig
+    from .experiments.compare import CompareConfig
     from .experiments.sweep import SweepConfig
 
-    return {"train": TrainConfig, "sweep": SweepConfig}
+    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig}
 
 
 COMMANDS = {
@@ -107,6 +118,12 @@ COMMANDS = {
         "test metric over an (lr_A, lr_B) grid, as a heatmap",
         "Run one short fine-tune per (lr_A, lr_B) cell and seed (resumable: finished cells are kept), then write "
         "results.csv, results.json and heatmap.png (diagonal lr_A = lr_B dashed, best cell boxed).",
+    ),
+    "compare": (
+        _cmd_compare,
+        "LoRA vs LoRA+ vs rsLoRA, DoRA, LoRA-FA, Riemannian LoRA, each with a tuned lr, over seeds",
+        "Tune each method's lr on a shared grid (validation metric), run every seed at that lr, and write a "
+        "summary table (mean ± std, steps-to-target, speed-up over LoRA), per-run result JSONs and curves.",
     ),
 }
 

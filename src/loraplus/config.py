@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from .groups import LoraPlusConfig, as_float
 from .models import LoraOptions
 
-__all__ = ["TrainConfig"]
+__all__ = ["OPTIMIZERS", "TrainConfig"]
+
+OPTIMIZERS = ("loraplus", "lorafa", "riemannian")
 
 
 def _opt(default, help: str):
@@ -34,6 +36,8 @@ class TrainConfig:
     learning_rate: float = _opt(5e-4, "lr_A: lr of the lora_A factors and of the classification head")
     loraplus_lr_ratio: float = _opt(16.0, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA")
     loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
+    loraplus_lr_other: float | None = _opt(None, "absolute lr of the classification head and other non-LoRA tensors (default: learning_rate)")
+    optimizer: str = _opt("loraplus", "loraplus, or PEFT's lorafa / riemannian (these ignore the LoRA+ options)")
     weight_decay: float = _opt(0.0, "decoupled weight decay (biases, norms, DoRA magnitudes never decay)")
     r: int = _opt(8, "LoRA rank")
     lora_alpha: float = _opt(16.0, "LoRA scale numerator: update = lora_alpha / r · B A x")
@@ -62,6 +66,8 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.overwrite and self.resume:
             raise ValueError("give --overwrite (start over) or --resume (continue), not both")
         as_float("learning_rate", self.learning_rate)
@@ -82,7 +88,10 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     def loraplus(self) -> LoraPlusConfig:
-        return LoraPlusConfig(self.learning_rate, self.loraplus_lr_ratio, self.loraplus_lr_embedding, self.weight_decay)
+        return LoraPlusConfig(
+            self.learning_rate, self.loraplus_lr_ratio, self.loraplus_lr_embedding, self.weight_decay,
+            self.loraplus_lr_other,
+        )  # fmt: skip
 
     def lora(self) -> LoraOptions:
         return LoraOptions(

@@ -17,8 +17,8 @@ group                  what                                        lr           
                        when ``loraplus_lr_embedding`` is given
 ``other``              every other trainable tensor with ≥ 2 dims   ``lr``                  ``weight_decay``
                        (classifier heads, ``modules_to_save``)
-``no_decay``           biases, normalisation weights (any class     ``lr``                  0
-                       named ``*Norm*``), DoRA magnitude vectors,
+``no_decay``           biases, normalisation weights (a class       ``lr``                  0
+                       named ``*Norm``/``*Norm2d``), DoRA magnitudes,
                        any other tensor with < 2 dims
 ``lora_A_no_decay``,   biases of factor modules (PEFT               as the factor           0
 ``lora_B_no_decay``    ``lora_bias=True``)
@@ -32,6 +32,7 @@ Empty groups are dropped.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -59,6 +60,8 @@ FACTOR_CONVENTIONS: tuple[tuple[str, str, bool], ...] = (
 _ROLE_OF = {a: ("A", b, generic) for a, b, generic in FACTOR_CONVENTIONS}
 _ROLE_OF.update({b: ("B", a, generic) for a, b, generic in FACTOR_CONVENTIONS})
 _MAGNITUDE = "lora_magnitude_vector"  # PEFT DoRA: neither A nor B
+# LayerNorm, RMSNorm, LlamaRMSNorm, GroupNorm, BatchNorm2d, ... (not Denormalize or NormalHead)
+_NORM_CLASS = re.compile(r"Norm(\d+d)?$")
 
 
 def as_float(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -92,6 +95,8 @@ class LoraPlusConfig:
             treats them like any other pair (A at lr, B at lr·λ). The authors' code and PEFT default to 1e-6,
             which all but freezes embedding adapters.
         weight_decay: decoupled weight decay (>= 0) for every group except the no-decay ones.
+        loraplus_lr_other: absolute lr of every trainable non-LoRA tensor (classification heads,
+            ``modules_to_save``, biases, norms, DoRA magnitudes); ``None`` (default) gives them ``lr``.
 
     Raises:
         ValueError: a value that is not a finite number in range (strings like "1e-6" are converted).
@@ -101,9 +106,12 @@ class LoraPlusConfig:
     loraplus_lr_ratio: float = 16.0
     loraplus_lr_embedding: float | None = None
     weight_decay: float = 0.0
+    loraplus_lr_other: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.loraplus_lr_other is not None:
+            set_(self, "loraplus_lr_other", as_float("loraplus_lr_other", self.loraplus_lr_other))
         set_(self, "lr", as_float("lr", self.lr))
         set_(self, "loraplus_lr_ratio", as_float("loraplus_lr_ratio", self.loraplus_lr_ratio))
         if self.loraplus_lr_embedding is not None:
@@ -215,7 +223,7 @@ def _norm_param_ids(model: nn.Module) -> set[int]:
     """ids of parameters owned by normalisation modules (LayerNorm, RMSNorm, custom *Norm classes)."""
     ids: set[int] = set()
     for module in model.modules():
-        if "norm" in type(module).__name__.lower():
+        if _NORM_CLASS.search(type(module).__name__):
             ids.update(id(p) for p in module.parameters(recurse=False))
     return ids
 
@@ -231,12 +239,13 @@ def _group_of(name: str, p: nn.Parameter, pair: LoraPair | None, cfg: LoraPlusCo
 
 def _group_options(cfg: LoraPlusConfig) -> dict[str, tuple[float, float]]:
     lr, wd, lr_b = cfg.lr, cfg.weight_decay, cfg.lr * cfg.loraplus_lr_ratio
+    lr_other = cfg.loraplus_lr_other or lr
     return {
         "lora_A": (lr, wd),
         "lora_B": (lr_b, wd),
         "lora_embedding": (cfg.loraplus_lr_embedding or lr, wd),
-        "other": (lr, wd),
-        "no_decay": (lr, 0.0),
+        "other": (lr_other, wd),
+        "no_decay": (lr_other, 0.0),
         "lora_A_no_decay": (lr, 0.0),
         "lora_B_no_decay": (lr_b, 0.0),
     }
@@ -249,6 +258,7 @@ def loraplus_param_groups(
     loraplus_lr_ratio: float = 16.0,
     loraplus_lr_embedding: float | None = None,
     weight_decay: float = 0.0,
+    loraplus_lr_other: float | None = None,
 ) -> list[dict]:
     """Named LoRA+ parameter groups for ``torch.optim`` optimizers.
 
@@ -263,6 +273,8 @@ def loraplus_param_groups(
         loraplus_lr_ratio: λ = lr_B / lr_A (> 0, default 16).
         loraplus_lr_embedding: absolute lr of embedding-LoRA factors, or ``None`` to treat them as any pair.
         weight_decay: decoupled weight decay (>= 0, default 0) of the decaying groups.
+        loraplus_lr_other: absolute lr of the ``other`` and ``no_decay`` groups (heads, biases, norms);
+            ``None`` (default) gives them ``lr``.
 
     Raises:
         ValueError: a bad number (names the value), no trainable parameters, or mis-shaped LoRA pairs.
@@ -270,7 +282,7 @@ def loraplus_param_groups(
     Warns:
         UserWarning: when no LoRA factor is trainable (the ratio then changes nothing), or λ < 1.
     """
-    cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, weight_decay)
+    cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, weight_decay, loraplus_lr_other)
     return build_groups(model, cfg)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments
 
+from .distributed import check_deepspeed_config, deepspeed_configs
 from .groups import LoraPlusConfig, build_groups
 from .optim import _keep_embeddings_32bit, describe_groups
 
@@ -36,12 +37,20 @@ class LoraPlusTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Absolute lr of embedding-LoRA factors; None treats them like any LoRA pair."},
     )
+    loraplus_lr_other: float | None = field(
+        default=None,
+        metadata={"help": "Absolute lr of trainable non-LoRA tensors (heads, biases, norms); None gives them lr."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        cfg = LoraPlusConfig(self.learning_rate, self.loraplus_lr_ratio, self.loraplus_lr_embedding, self.weight_decay)
+        cfg = LoraPlusConfig(
+            self.learning_rate, self.loraplus_lr_ratio, self.loraplus_lr_embedding, self.weight_decay,
+            self.loraplus_lr_other,
+        )  # fmt: skip
         self.loraplus_lr_ratio = cfg.loraplus_lr_ratio
         self.loraplus_lr_embedding = cfg.loraplus_lr_embedding
+        self.loraplus_lr_other = cfg.loraplus_lr_other
 
 
 class LoraPlusTrainer(Trainer):
@@ -54,7 +63,17 @@ class LoraPlusTrainer(Trainer):
     ``learning_rate`` (it becomes lr_A). With plain ``TrainingArguments`` the ratio defaults to 16.
     A ready optimizer passed as ``Trainer(optimizers=(opt, sched))`` is used as given (build it with
     ``loraplus.create_loraplus_optimizer``).
+
+    Raises:
+        ValueError: a DeepSpeed config with an ``"optimizer"`` block (DeepSpeed would build its own optimizer and
+            ``create_optimizer`` would never run) or a scheduler that gives every group one lr; checked here, in
+            ``__init__``, because ``train()`` hands DeepSpeed its config before any optimizer hook is reached.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for config in deepspeed_configs(self):
+            check_deepspeed_config(config)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -80,6 +99,7 @@ class LoraPlusTrainer(Trainer):
             getattr(args, "loraplus_lr_ratio", 16.0),
             getattr(args, "loraplus_lr_embedding", None),
             args.weight_decay,
+            getattr(args, "loraplus_lr_other", None),
         )
         optimizer_kwargs["lr"] = cfg.lr
         groups = build_groups(opt_model, cfg)

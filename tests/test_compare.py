@@ -1,0 +1,77 @@
+"""`loraplus compare`: per-method lr tuning, seeds, summary table, steps-to-target, head lr by method."""
+
+import json
+
+import pytest
+
+from loraplus.experiments.compare import METHODS, CompareConfig, run_compare, steps_to_target
+
+
+def tiny_compare(model_dir, data_path, out, **overrides):
+    options = dict(
+        model=str(model_dir), dataset=str(data_path), output_dir=str(out), max_steps=6, batch_size=8,
+        eval_batch_size=16, max_length=16, eval_steps=2, logging_steps=2, target_modules=("query", "value"),
+        methods=("lora", "loraplus-head-lrB", "lorafa", "riemannian"), lrs=("1e-3", "4e-3"),
+        seeds=("0", "1"), ratio=8.0, jobs=2,
+    )  # fmt: skip
+    options.update(overrides)
+    return CompareConfig(**options)
+
+
+def group_lrs(run_dir):
+    rows = json.loads((run_dir / "config.json").read_text())["parameter_groups"][1:]
+    return {row.split()[0]: float(row.split()[3]) for row in rows}
+
+
+def test_compare_tunes_each_method_and_writes_summary(tiny_bert_dir, tiny_csv, tmp_path):
+    out = tmp_path / "cmp"
+    cfg = tiny_compare(tiny_bert_dir, tiny_csv, out)
+    summary = run_compare(cfg, progress=False)
+    methods = summary["methods"]
+    assert list(methods) == list(cfg.methods)
+    for name, stats in methods.items():
+        assert stats["lr"] in (1e-3, 4e-3) and stats["runs"] == 2 and stats["failed"] == 0, name
+        for seed in (0, 1):
+            result = json.loads((out / "results" / f"{name}_seed{seed}.json").read_text())
+            assert result["seed"] == seed and result["evaluations"] and "torch" in result["versions"]
+    assert methods["lora"]["speedup_vs_lora"] in (None, 1.0)
+    for name in ("summary.md", "summary.json", "metric.png", "train_loss.png"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "summary.md").read_text()
+    assert "| loraplus-head-lrB |" in table and "(lr_B)" in table
+    lr = methods["loraplus-head-lrB"]["lr"]
+    head = group_lrs(out / "runs" / "loraplus-head-lrB" / f"lr{lr:.3g}_seed0")
+    assert head["other"] == pytest.approx(8 * lr) and head["lora_B"] == pytest.approx(8 * lr)
+    plain = group_lrs(out / "runs" / "lora" / f"lr{methods['lora']['lr']:.3g}_seed0")
+    assert plain["other"] == plain["lora_B"] == pytest.approx(methods["lora"]["lr"])
+
+
+def test_steps_to_target_is_the_first_evaluation_reaching_it():
+    curve = [{"step": 2, "eval_accuracy": 0.5}, {"step": 3, "loss": 1.0}, {"step": 4, "eval_accuracy": 0.9},
+             {"step": 6, "eval_accuracy": 0.95}]  # fmt: skip
+    assert steps_to_target(curve, "eval_accuracy", 0.9) == 4
+    assert steps_to_target(curve, "eval_accuracy", 0.99) is None
+    assert steps_to_target([{"step": 2, "eval_loss": 0.3}], "eval_loss", 0.4, lower_better=True) == 2
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(methods=("lora", "qlora")), r"unknown method\(s\) \['qlora'\]"),
+        (dict(lrs=("0",)), "lrs must be finite numbers > 0"),
+        (dict(seeds=("1", "x")), r"seeds integers, got .*'x'"),
+        (dict(target_fraction=1.5), "target_fraction must be in"),
+        (dict(metric="bleu"), "metric must be"),
+    ],
+)
+def test_bad_compare_options_name_the_value(bad, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        CompareConfig(output_dir=str(tmp_path), **bad)
+
+
+def test_every_method_maps_to_valid_train_options(tmp_path):
+    cfg = CompareConfig(output_dir=str(tmp_path), methods=tuple(METHODS))
+    for method in METHODS:
+        run = cfg.run_config(method, 1e-4, 0)
+        assert run.learning_rate == 1e-4
+        assert run.loraplus_lr_ratio == (16.0 if method.startswith("loraplus") else 1.0)
