@@ -96,6 +96,7 @@ def _training_arguments(cfg: TrainConfig, out: Path):
         learning_rate=cfg.learning_rate,
         loraplus_lr_ratio=cfg.loraplus_lr_ratio,
         loraplus_lr_embedding=cfg.loraplus_lr_embedding,
+        loraplus_lr_other=cfg.loraplus_lr_other,
         weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -135,6 +136,7 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
     tokenized = _tokenize(data, tokenizer, cfg)
     trainer = LoraPlusTrainer(
         model=model,
+        optimizers=(peft_optimizer(cfg, model), None),
         args=_training_arguments(cfg, out),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
@@ -142,7 +144,28 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
         compute_metrics=compute_metrics,
         callbacks=list(callbacks),
     )
+    # A sequence classifier's loss is a per-batch mean that ignores `num_items_in_batch`, though its forward takes
+    # **kwargs; left True, transformers 5 multiplies the loss by the number of processes under DDP (2x loss, 2x grads).
+    trainer.model_accepts_loss_kwargs = False
     return trainer, tokenizer, tokenized
+
+
+def peft_optimizer(cfg: TrainConfig, model):
+    """PEFT's LoRA-FA or Riemannian-preconditioned AdamW for ``cfg.optimizer``; ``None`` for LoRA+ (the Trainer's).
+
+    Both give every trainable tensor ``learning_rate`` and ignore the LoRA+ options.
+    """
+    import torch
+    from peft.optimizers import create_lorafa_optimizer, create_riemannian_optimizer
+
+    if cfg.optimizer == "lorafa":  # freezes A, preconditions B's gradient
+        return create_lorafa_optimizer(
+            model, r=cfg.r, lora_alpha=cfg.lora_alpha, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            use_rslora=cfg.use_rslora,
+        )  # fmt: skip
+    if cfg.optimizer == "riemannian":
+        return create_riemannian_optimizer(model, torch.optim.AdamW, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return None
 
 
 def _split_metrics(metrics: dict, prefix: str) -> dict[str, float]:
