@@ -1,56 +1,56 @@
-"""Driver for tests/test_distributed.py: one ``run_train`` on every rank, then a report per rank.
+"""Driver for tests/test_distributed.py: ``loraplus train`` on every rank, plus a report of what each rank saw.
 
-Run it under ``torchrun --nproc_per_node 2 tests/ddp_driver.py SPEC.json`` (two ranks, DDP over gloo) or as plain
-``python tests/ddp_driver.py SPEC.json`` (one process). ``SPEC.json`` holds ``{"config": {TrainConfig options},
-"report_dir": folder}``. Each rank checks, inside the run, that the optimizer the Trainer actually steps (Accelerate's
-wrapper around the LoRA+ optimizer) still has the LoRA+ groups: every ``lora_A`` parameter at lr_A, every
-``lora_B`` parameter at λ·lr_A (checked by parameter name). It then writes ``report_dir/rank<R>.json``:
+    torchrun --nproc_per_node 2 tests/ddp_driver.py REPORT_DIR <loraplus train options>   # two ranks, DDP (gloo)
+    python tests/ddp_driver.py REPORT_DIR <loraplus train options>                        # one process
 
-- ``world_size``, ``rank``;
-- ``groups``: ``{group name: {"lr": base lr, "params": [parameter names]}}`` as seen when training begins;
-- ``batches``: the training batches this rank fed to the model, each a list of examples, each the tuple of its
-  non-padding token ids (data order under DDP vs one process);
+It runs the real command (``loraplus.cli.main(["train", ...])``) with one extra Trainer callback slipped into
+``run_train``. On every rank the callback checks, inside the run, that the optimizer the Trainer steps (Accelerate's
+wrapper around the LoRA+ optimizer) still has the LoRA+ groups: every ``lora_A`` parameter at lr_A = learning_rate,
+every ``lora_B`` parameter at loraplus_lr_ratio * lr_A, checked by parameter name. Each rank then writes
+``REPORT_DIR/rank<R>.json``:
+
+- ``rank``, ``world_size``, ``distributed_type`` (Accelerate's: ``MULTI_CPU`` is DDP over gloo), ``exit_code``;
+- ``wrote_artifacts``: whether this rank wrote the run folder (``loraplus.train._write_artifacts`` was called);
+- ``groups``: ``{group name: {"lr": base lr, "params": [parameter names]}}`` when training begins;
+- ``batches``: the training batches this rank fed the model, each a list of examples, each the list of its
+  non-padding token ids (the data order under DDP vs one process);
 - ``weights``: every trainable parameter after training, ``{name: flat list of floats}``;
-- ``losses``: the per-step training losses logged by the Trainer (``logging_steps`` = 1 in the test).
+- ``losses``: the training losses the Trainer logged (every ``logging_steps`` steps).
 
-Not a test module (no ``test_`` prefix): pytest does not collect it.
+Not a test module (no ``test_`` prefix): pytest does not collect it; the test imports ``main`` for its
+one-process reference run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from loraplus.config import TrainConfig
-from loraplus.train import run_train
-
 
 class Recorder(TrainerCallback):
-    """Checks the LoRA+ groups of the live optimizer and records batches, weights and losses."""
+    """Checks the LoRA+ groups of the live optimizer; records batches, weights and losses."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self):
         self.report: dict = {"batches": []}
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         names = {id(p): n for n, p in model.named_parameters()}
         groups = {
             g["name"]: {"lr": g.get("initial_lr", g["lr"]), "params": [names[id(p)] for p in g["params"]]}
-            for g in optimizer.param_groups  # Accelerate's AcceleratedOptimizer forwards param_groups
+            for g in optimizer.param_groups  # AcceleratedOptimizer forwards param_groups to the LoRA+ optimizer
         }
-        lr_a, ratio = self.cfg.learning_rate, self.cfg.loraplus_lr_ratio
-        assert math.isclose(groups["lora_A"]["lr"], lr_a), groups["lora_A"]["lr"]
-        assert math.isclose(groups["lora_B"]["lr"], ratio * lr_a), groups["lora_B"]["lr"]
+        lr_a = args.learning_rate
+        assert math.isclose(groups["lora_A"]["lr"], lr_a), (groups["lora_A"]["lr"], lr_a)
+        assert math.isclose(groups["lora_B"]["lr"], args.loraplus_lr_ratio * lr_a), groups["lora_B"]["lr"]
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         for name in trainable:
-            expected = "lora_A" if ".lora_A." in name else "lora_B" if ".lora_B." in name else None
-            if expected:
-                assert name in groups[expected]["params"], (name, expected)
+            for factor in ("lora_A", "lora_B"):
+                if f".{factor}." in name:
+                    assert name in groups[factor]["params"], (name, factor)
         assert sorted(n for g in groups.values() for n in g["params"]) == sorted(trainable)
         self.report["groups"] = groups
         model.register_forward_pre_hook(self._record_batch, with_kwargs=True)
@@ -67,15 +67,37 @@ class Recorder(TrainerCallback):
         self.report["losses"] = [row["loss"] for row in state.log_history if "loss" in row]
 
 
-def main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    cfg = TrainConfig(**spec["config"])
-    recorder = Recorder(cfg)
-    run_train(cfg, callbacks=[recorder])
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    report = {"rank": rank, "world_size": world, **recorder.report}
-    Path(spec["report_dir"], f"rank{rank}.json").write_text(json.dumps(report))
+def main(report_dir: str, train_argv: list[str]) -> int:
+    """Run ``loraplus train <train_argv>`` with a ``Recorder``; write this rank's report; return the exit code."""
+    from accelerate.state import PartialState
+
+    import loraplus.train
+    from loraplus.cli import main as cli_main
+
+    recorder, wrote = Recorder(), []
+    run_train, write_artifacts = loraplus.train.run_train, loraplus.train._write_artifacts
+
+    def run_with_recorder(cfg, callbacks=()):
+        return run_train(cfg, callbacks=[*callbacks, recorder])
+
+    def write_and_note(*args, **kwargs):
+        wrote.append(True)
+        return write_artifacts(*args, **kwargs)
+
+    loraplus.train.run_train, loraplus.train._write_artifacts = run_with_recorder, write_and_note
+    try:
+        code = cli_main(["train", *train_argv])
+    finally:
+        loraplus.train.run_train, loraplus.train._write_artifacts = run_train, write_artifacts
+    state = PartialState()
+    report = {
+        "rank": state.process_index, "world_size": state.num_processes, "exit_code": code,
+        "distributed_type": str(state.distributed_type).split(".")[-1], "wrote_artifacts": bool(wrote),
+        **recorder.report,
+    }  # fmt: skip
+    Path(report_dir, f"rank{state.process_index}.json").write_text(json.dumps(report))
+    return code
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

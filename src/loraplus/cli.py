@@ -14,6 +14,8 @@ import sys
 import types
 import typing
 
+from .distributed import is_main_process
+
 __all__ = ["main"]
 
 # ModuleNotFoundError: a built-in's PyPI package is missing (the message names the pip command).
@@ -63,6 +65,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(TrainConfig, args)
     metrics = run_train(cfg)
+    if not is_main_process():  # under torchrun every rank runs the command; rank 0 reports
+        return 0
     test = metrics["test"]
     print(
         f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}  "
@@ -144,7 +148,7 @@ def _setup_logging() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("loraplus")
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if is_main_process() else logging.WARNING)  # one group table, not one per rank
     log.propagate = False
     try:
         import transformers

@@ -89,6 +89,8 @@ def _tokenize(data, tokenizer, cfg: TrainConfig):
 
 
 def _training_arguments(cfg: TrainConfig, out: Path):
+    import torch
+
     from .hf import LoraPlusTrainingArguments
 
     return LoraPlusTrainingArguments(
@@ -113,7 +115,7 @@ def _training_arguments(cfg: TrainConfig, out: Path):
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),  # CPU DDP over gloo needs it; GPUs get NCCL/FSDP/DeepSpeed
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
