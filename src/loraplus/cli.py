@@ -7,12 +7,14 @@ no Python traceback unless ``LORAPLUS_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import types
 import typing
+import warnings
 
 from .distributed import is_main_process
 
@@ -54,7 +56,10 @@ def dataclass_from_args(cls, args: argparse.Namespace):
     """Build ``cls`` from: its defaults < the ``--config`` file < flags given on the command line."""
     from .configfile import read_config_file
 
-    options = read_config_file(args.config, cls) if args.config else {}
+    try:
+        options = read_config_file(args.config, cls) if args.config else {}
+    except UnicodeDecodeError as err:  # a ValueError whose text would not name the file
+        raise ValueError(f"config file {args.config!r} is not UTF-8 (byte {err.start}); save it as UTF-8") from None
     options.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
     return cls(**options)
 
@@ -102,12 +107,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 1 if any(s["failed"] for s in summary["methods"].values()) else 0
 
 
+def _cmd_toy(args: argparse.Namespace) -> int:
+    from .experiments.toy import ToyCommand, toy_summary_text
+
+    cfg = dataclass_from_args(ToyCommand, args)
+    print(toy_summary_text(cfg.run()))
+    print(f"-> {cfg.output_dir}/delta_scaling.png, ratio_exponent.png")
+    return 0
+
+
 def _config_classes() -> dict:
     from .config import TrainConfig
     from .experiments.compare import CompareConfig
     from .experiments.sweep import SweepConfig
 
-    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig}
+    from .experiments.toy import ToyCommand
+
+    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "toy": ToyCommand}
 
 
 COMMANDS = {
@@ -129,15 +145,25 @@ COMMANDS = {
         "Tune each method's lr on a shared grid (validation metric), run every seed at that lr, and write a "
         "summary table (mean ± std, steps-to-target, speed-up over LoRA), per-run result JSONs and curves.",
     ),
+    "toy": (
+        _cmd_toy,
+        "the Section 3 toy model: δ terms against width, and the optimal ratio's exponent",
+        "Measure |δ¹| (A moves), |δ²| (B moves), |δ³| against width n under equal Θ(1), equal Θ(1/n) and LoRA+ "
+        "learning rates (Hayou et al. 2024, Sec. 3), and fit how the best lr_B / lr_A of a trained "
+        "teacher-student LoRA toy grows with n (paper: n^1; Su 2024: n^1/2).",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loraplus", description="LoRA+ fine-tuning (Hayou, Ghosh, Yu, ICML 2024).")
+    parser = argparse.ArgumentParser(
+        prog="loraplus", description="LoRA+ fine-tuning (Hayou, Ghosh, Yu, ICML 2024).", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     classes = _config_classes()
     for name, (func, short, long) in COMMANDS.items():
-        command = sub.add_parser(name, help=short, description=long)
+        # allow_abbrev=False: `--lr 1e-3` must not silently mean `--lr-scheduler-type 1e-3`
+        command = sub.add_parser(name, help=short, description=long, allow_abbrev=False)
         add_dataclass_options(command, classes[name])
         command.set_defaults(func=func)
     return parser
@@ -146,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.set_name("loraplus-cli")
     log = logging.getLogger("loraplus")
+    for old in [h for h in log.handlers if h.get_name() == "loraplus-cli"]:  # main() called again in one process:
+        log.removeHandler(old)  # one handler, on the current stdout (an old one may point at a closed stream)
     log.addHandler(handler)
     log.setLevel(logging.INFO if is_main_process() else logging.WARNING)  # one group table, not one per rank
     log.propagate = False
@@ -158,17 +187,67 @@ def _setup_logging() -> None:
         pass
 
 
+def _unknown_options(command: str, extra: list[str]) -> str:
+    """argparse's "unrecognized arguments", plus the option probably meant (``--lr`` -> ``--learning-rate``)."""
+    import difflib
+
+    from .configfile import ALIASES
+
+    fields = [f.name for f in dataclasses.fields(_config_classes()[command])]
+    hints = []
+    for token in extra:
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else ""
+        guess = ALIASES.get(name) or next(iter(difflib.get_close_matches(name, fields, n=1, cutoff=0.6)), None)
+        if name and guess in fields:
+            hints.append(f"--{guess.replace('_', '-')} for {token.split('=', 1)[0]}")
+    hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+    return f"unrecognized arguments: {' '.join(extra)}{hint} (see loraplus {command} --help)"
+
+
+def _close_progress_bars() -> None:
+    """End the line of a progress bar cut short by an error, so the error starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Print each distinct warning once, on one line (``loraplus train: warning: ...``), without a source line."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        text = text if category is UserWarning else f"{category.__name__}: {text}"
+        if text not in seen:
+            seen.add(text)
+            print(f"loraplus {command}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)  # shown once each by `show`, not once per code location
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``loraplus`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.exit(2, f"loraplus {args.command}: error: {_unknown_options(args.command, extra)}\n")
     _setup_logging()
     try:
-        return args.func(args)
+        with _one_line_warnings(args.command):
+            return args.func(args)
     except _USER_ERRORS as err:
         if os.environ.get("LORAPLUS_DEBUG"):
             raise
-        print(f"loraplus {args.command}: error: {err}", file=sys.stderr)
+        _close_progress_bars()
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        print(f"loraplus {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"loraplus {args.command}: interrupted", file=sys.stderr)

@@ -33,7 +33,7 @@ class TrainConfig:
     resume: bool = _opt(False, "continue an unfinished run from the last checkpoint in output_dir")
     text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
     label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
-    learning_rate: float = _opt(5e-4, "lr_A: lr of the lora_A factors and of the classification head")
+    learning_rate: float = _opt(1e-3, "lr_A: lr of the lora_A factors and of the classification head")
     loraplus_lr_ratio: float = _opt(16.0, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA")
     loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
     loraplus_lr_other: float | None = _opt(None, "absolute lr of the classification head and other non-LoRA tensors (default: learning_rate)")
@@ -63,11 +63,12 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        coerce_fields(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("model", "dataset", "output_dir"):  # "" would mean the current folder
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must not be empty, got {getattr(self, name)!r}")
         if self.overwrite and self.resume:
             raise ValueError("give --overwrite (start over) or --resume (continue), not both")
         as_float("learning_rate", self.learning_rate)
@@ -86,6 +87,7 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        _check_scheduler(self.lr_scheduler_type)
 
     def loraplus(self) -> LoraPlusConfig:
         return LoraPlusConfig(
@@ -100,6 +102,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def coerce_fields(options) -> None:
+    """Convert every field of the frozen dataclass instance ``options`` to its annotated type (see ``coerce``)."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        object.__setattr__(options, f.name, coerce(f.name, getattr(options, f.name), hints[f.name]))
 
 
 def coerce(name: str, value, hint):
@@ -124,7 +133,7 @@ def coerce(name: str, value, hint):
     if kind is float and not isinstance(value, bool):
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float (10**400)
             raise ValueError(f"{name} must be a number, got {value!r}") from None
     if kind is int and not isinstance(value, bool):
         try:
@@ -139,6 +148,24 @@ def coerce(name: str, value, hint):
     if kind is str and not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {value!r}")
     return value
+
+
+_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+               "warmup_stable_decay", "greedy")  # fmt: skip  # transformers 5 SchedulerType; others are looked up
+
+
+def _check_scheduler(name: str) -> None:
+    """Refuse an unknown ``lr_scheduler_type`` now, not after the model and data are loaded."""
+    if name in _SCHEDULERS:
+        return
+    try:
+        from transformers.trainer_utils import SchedulerType
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    names = [s.value for s in SchedulerType]
+    if name not in names:
+        raise ValueError(f"lr_scheduler_type must be one of {', '.join(names)}, got {name!r}")
 
 
 def _positive_int(name: str, value) -> None:

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,9 @@ class SweepConfig(TrainConfig):
             learning_rate=float(lr_a), loraplus_lr_ratio=float(lr_b / lr_a), seed=seed, output_dir=str(folder),
             overwrite=False, resume=False, save_checkpoints=False,
         )  # fmt: skip
-        return TrainConfig(**base)
+        with warnings.catch_warnings():  # cells below the diagonal have ratio < 1 on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            return TrainConfig(**base)
 
 
 def summarize_grid(rows: list[dict], lr_a: np.ndarray, lr_b: np.ndarray, metric: str) -> dict:

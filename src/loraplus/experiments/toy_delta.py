@@ -18,7 +18,8 @@ all evaluated at ``(a_{t−1}, b_{t−1})``. Source: Hayou et al. 2024, Sec. 3.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ TERMS = ("delta1", "delta2", "delta3")
 
 
 def check_widths(widths: Sequence[int], name: str = "widths") -> None:
-    """Raise ValueError unless ``widths`` is a non-empty sequence of distinct powers of two ≥ 2."""
+    """Raise ValueError unless ``widths`` holds ≥ 2 distinct powers of two ≥ 2 (plain ints)."""
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or len(widths) < 2:
         raise ValueError(f"{name} must hold at least 2 widths (powers of two >= 2), got {widths!r}")
     for n in widths:
@@ -43,9 +44,6 @@ def check_widths(widths: Sequence[int], name: str = "widths") -> None:
             raise ValueError(f"{name} must be powers of two >= 2, got {n!r} in {widths!r}")
     if len(set(widths)) != len(widths):
         raise ValueError(f"{name} must be distinct, got {widths!r}")
-
-
-
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,26 @@ class DeltaToyConfig:
             raise ValueError(f"seeds must be an int >= 1, got {self.seeds!r}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 2:
             raise ValueError(f"delta steps must be an int >= 2 (δ¹ needs b ≠ 0, from step 2), got {self.steps!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        lr_ok = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+        if not (lr_ok and self.lr > 0):
             raise ValueError(f"delta lr must be a finite float > 0, got {self.lr!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch ops on one intra-op thread inside the block, restoring the previous count after.
+
+    The toy's tensors are small and batched; on the 2-core reference machine, under load, two intra-op
+    threads made a training step 2-100× slower (thread hand-off dominates), so the toy runs on one.
+    """
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def scaling_lrs(scaling: str, n: int, c: float) -> tuple[float, float]:
@@ -180,50 +194,58 @@ def _bootstrap_slope_std(widths: Sequence[int], per_seed: np.ndarray, rng: np.ra
     return float(np.std(slopes)) if len(slopes) > 1 else float("nan")
 
 
-def delta_scaling(*, widths: Sequence[int], seeds: int, steps: int, lr: float, seed: int = 0) -> dict:
+def delta_scaling(cfg: DeltaToyConfig) -> dict:
     """Measure how |δ¹|, |δ²|, |δ³| scale with width under the three scalings.
 
-    For each scaling and width n: ``seeds`` random problems, ``steps`` GD steps. Statistics:
-    ``mean_2_T`` = seed-mean of (per-seed mean of |δ| over steps 2..steps) — step 1 is left out since
+    For each scaling and width n: ``cfg.seeds`` random problems, ``cfg.steps`` GD steps at base rate
+    ``cfg.lr``. Statistics:
+    ``mean_2_T`` = seed-mean of (per-seed mean of |δ| over steps 2..T) — step 1 is left out since
     b0 = 0 makes δ¹ = δ³ = 0 there; ``step2`` = seed-mean of |δ| at step 2 alone (the first step where
     all three terms are non-zero). Slopes are least-squares fits of log(stat) vs log(n) over the widths
     where no seed diverged; diverged runs (inf/nan) are counted, not raised. ``slope_std`` is a
-    bootstrap over seeds. Returns a JSON-ready dict (non-finite numbers as None).
-    Source: Hayou et al. 2024, Sec. 3.
+    bootstrap over seeds. Returns a JSON-ready dict (non-finite numbers as None). Runs on one torch
+    thread (see :func:`single_threaded`). Source: Hayou et al. 2024, Sec. 3.
     """
-    rng = np.random.default_rng(seed)
-    res: dict = {"widths": list(widths), "seeds": seeds, "steps": steps, "lr": lr, "scalings": {}}
+    with single_threaded():
+        return _delta_scaling(cfg)
+
+
+def _delta_scaling(cfg: DeltaToyConfig) -> dict:
+    """The body of :func:`delta_scaling`."""
+    rng = np.random.default_rng(cfg.seed)
+    widths = cfg.widths
+    res: dict = {"widths": list(widths), "seeds": cfg.seeds, "steps": cfg.steps, "lr": cfg.lr, "scalings": {}}
     for sc in SCALINGS:
         per = {"mean_2_T": [], "step2": []}
         curves, diverged = [], []
         for n in widths:
-            d = simulate_deltas(n, scaling=sc, seeds=seeds, steps=steps, lr=lr, seed=seed)
+            d = simulate_deltas(n, scaling=sc, seeds=cfg.seeds, steps=cfg.steps, lr=cfg.lr, seed=cfg.seed)
             for k, v in _window_means(d).items():
                 per[k].append(v.numpy())  # (3, seeds)
             curves.append(d.mean(1).numpy())  # (3, steps)
             diverged.append(int((~torch.isfinite(d)).any(0).any(-1).sum()))
-        res["scalings"][sc] = _scaling_record(widths, per, curves, diverged, rng)
+        res["scalings"][sc] = _scaling_record(sc, widths, per, curves, diverged, rng)
     return res
 
 
-def _scaling_record(widths: Sequence[int], per: dict, curves: list, diverged: list[int],
+def _scaling_record(scaling: str, widths: Sequence[int], per: dict, curves: list, diverged: list[int],
                     rng: np.random.Generator) -> dict:
     """Seed means, slopes and bootstrap spreads for one scaling (helper of :func:`delta_scaling`)."""
-    rec: dict = {"label": "", "diverged_seeds": diverged, "per_step_mean": {}}
+    rec: dict = {"label": SCALING_LABELS[scaling], "diverged_seeds": diverged, "per_step_mean": {}}
     for k, arrs in per.items():
         stack = np.stack(arrs)  # (widths, 3, seeds)
         means = stack.mean(-1)  # (widths, 3)
-        rec[k] = {t: [_num(v) for v in means[:, i]] for i, t in enumerate(TERMS)}
-        rec[f"slopes_{k}"] = {t: _num(fit_loglog_slope(widths, means[:, i])) for i, t in enumerate(TERMS)}
-        rec[f"slope_std_{k}"] = {t: _num(_bootstrap_slope_std(widths, stack[:, i, :], rng))
+        rec[k] = {t: [json_number(v) for v in means[:, i]] for i, t in enumerate(TERMS)}
+        rec[f"slopes_{k}"] = {t: json_number(fit_loglog_slope(widths, means[:, i])) for i, t in enumerate(TERMS)}
+        rec[f"slope_std_{k}"] = {t: json_number(_bootstrap_slope_std(widths, stack[:, i, :], rng))
                                  for i, t in enumerate(TERMS)}
     for i, t in enumerate(TERMS):
-        rec["per_step_mean"][t] = [[_num(v) for v in c[i]] for c in curves]  # (widths, steps)
+        rec["per_step_mean"][t] = [[json_number(v) for v in c[i]] for c in curves]  # (widths, steps)
     rec["fit_widths"] = [n for n, dv in zip(widths, diverged) if dv == 0]
     return rec
 
 
-def _num(v: float) -> float | None:
+def json_number(v: float) -> float | None:
     """A float for JSON, or None for inf/nan."""
     v = float(v)
     return v if math.isfinite(v) else None

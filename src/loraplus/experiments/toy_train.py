@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .toy_delta import _num, check_widths
+from .toy_delta import check_widths, json_number, single_threaded
 
 REGIMES = ("fixed", "population")
 ESTIMATORS = ("best_cell", "smoothed", "band_hi")
@@ -47,8 +47,8 @@ class TrainToyConfig:
     band_tol: the near-optimal band holds the ratios whose best loss is within this factor of the best.
     """
 
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
-    seeds: int = 3
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    seeds: int = 5
     regimes: tuple[str, ...] = REGIMES
     rank: int = 4
     teacher_rank: int = 4
@@ -75,9 +75,15 @@ class TrainToyConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) or (name == "band_tol" and v <= 1):
                 raise ValueError(f"{name} must be > {1 if name == 'band_tol' else 0}, got {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
         for name in ("log2_lr_A", "log2_lr_B"):
             lo_hi = getattr(self, name)
-            if len(lo_hi) != 2 or not all(math.isfinite(v) for v in lo_hi) or lo_hi[0] > lo_hi[1]:
+            try:
+                ok = len(lo_hi) == 2 and all(math.isfinite(v) for v in lo_hi) and lo_hi[0] <= lo_hi[1]
+            except TypeError:
+                ok = False
+            if not ok:
                 raise ValueError(f"{name} must be (low, high) with low <= high, got {lo_hi!r}")
         if min(len(g) for g in self.grid()) < 2:
             raise ValueError(f"the lr grid needs >= 2 values per axis, got {self.log2_lr_A!r}, {self.log2_lr_B!r}")
@@ -250,9 +256,15 @@ def ratio_exponent(cfg: TrainToyConfig) -> dict:
     Per regime and metric ("train": the regime's loss over the last k steps, "test": final population
     loss): ``per_width`` estimates from the seed-pooled surface (geometric mean of the relative loss
     over seeds), and ``exponents[estimator]`` = {"pooled", "per_seed", "mean", "std"} for the
-    estimators of :func:`ratio_estimates` (censored band edges are left out of the fits).
-    Source: Hayou et al. 2024, Sec. 3-4.
+    estimators of :func:`ratio_estimates` (censored band edges are left out of the fits). Runs on one
+    torch thread (see :func:`single_threaded`). Source: Hayou et al. 2024, Sec. 3-4.
     """
+    with single_threaded():
+        return _ratio_exponent(cfg)
+
+
+def _ratio_exponent(cfg: TrainToyConfig) -> dict:
+    """The body of :func:`ratio_exponent`."""
     log2_a, log2_b = cfg.grid()
     out = {"config": asdict(cfg), "log2_lr_A": log2_a.tolist(), "log2_lr_B": log2_b.tolist(), "regimes": {}}
     for regime in cfg.regimes:
@@ -279,14 +291,87 @@ def _summarize_metric(cfg: TrainToyConfig, arr: np.ndarray, log2_a: np.ndarray, 
     for e in ESTIMATORS + ("best_log2_lr_A", "best_log2_lr_B"):
         seed_exps = [fit_exponent(cfg.widths, _fit_values(ps, e)) for ps in per_seed]
         finite = [v for v in seed_exps if math.isfinite(v)]
-        exps[e] = {"pooled": _num(fit_exponent(cfg.widths, _fit_values(est, e))),
-                   "per_seed": [_num(v) for v in seed_exps],
-                   "mean": _num(np.mean(finite)) if finite else None,
-                   "std": _num(np.std(finite, ddof=1)) if len(finite) > 1 else None}
-    log10 = {str(n): [[_num(v) for v in row] for row in np.log10(p)] for n, p in zip(cfg.widths, pooled)}
+        exps[e] = {"pooled": json_number(fit_exponent(cfg.widths, _fit_values(est, e))),
+                   "per_seed": [json_number(v) for v in seed_exps],
+                   "mean": json_number(np.mean(finite)) if finite else None,
+                   "std": json_number(np.std(finite, ddof=1)) if len(finite) > 1 else None}
+    log10 = {str(n): [[json_number(v) for v in row] for row in np.log10(p)] for n, p in zip(cfg.widths, pooled)}
     return {"per_width": est, "exponents": exps, "log10_loss_pooled": log10}
 
 
 def _fit_values(estimates: list[dict], key: str) -> list[float | None]:
     """The values of one estimator across widths, None where a band edge is censored by the grid."""
     return [None if e.get(f"{key}_censored") else e[key] for e in estimates]
+
+
+def plot_ratio_exponent(res: dict, path, metric: str = "train") -> None:
+    """One row per regime: optimal ratio vs width (log-log, fits and seeds) and the loss heatmap of
+    the largest width. Saves a PNG to ``path`` (Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(res["regimes"])
+    fig, axes = plt.subplots(len(regimes), 2, figsize=(13, 4.8 * len(regimes)), squeeze=False)
+    for row, regime in zip(axes, regimes):
+        rec = res["regimes"][regime][metric]
+        _plot_ratio_panel(row[0], res["config"]["widths"], rec, regime)
+        _plot_heatmap_panel(row[1], res, rec, regime)
+    cfg = res["config"]
+    fig.suptitle(f"Trained toy (Adam, rank {cfg['rank']}, {cfg['steps']} steps, {cfg['seeds']} seeds): "
+                 f"optimal lr_B/lr_A vs width, metric = {metric} loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _plot_ratio_panel(ax, widths: Sequence[int], rec: dict, regime: str) -> None:
+    """Estimated optimal ratio per width (pooled over seeds), the near-optimal band, fitted slopes."""
+    ns = np.asarray(widths, dtype=float)
+    pw, ex = rec["per_width"], rec["exponents"]
+    lo, hi = (np.array([2.0 ** e[k] for e in pw]) for k in ("band_lo", "band_hi"))
+    cens = " (lower edge at grid edge)" if any(e["band_lo_censored"] for e in pw) else ""
+    ax.fill_between(ns, lo, hi, color="tab:blue", alpha=0.12, label=f"near-optimal band, pooled{cens}")
+    styles = {"best_cell": ("s", "tab:red"), "smoothed": ("o", "tab:blue"), "band_hi": ("^", "tab:green")}
+    for key, (marker, color) in styles.items():
+        ys = _fit_values(pw, key)
+        e = ex[key]
+        lab = f"{key}: e = {_fmt(e['pooled'])} (seeds {_fmt(e['mean'])} ± {_fmt(e['std'])})"
+        ax.plot(ns, [np.nan if y is None else 2.0**y for y in ys], marker, color=color, label=lab)
+        pts = [(math.log2(n), y) for n, y in zip(ns, ys) if y is not None]
+        if len(pts) >= 2:
+            k, c = np.polyfit(*zip(*pts), 1)
+            ax.plot(ns, 2.0 ** (c + k * np.log2(ns)), "-", color=color, lw=1)
+    mid = 2.0 ** np.mean([e["band_hi"] for e in pw])
+    for slope, style, lab in ((1.0, "--", "reference ∝ n (paper)"), (0.5, ":", "reference ∝ √n (Su)")):
+        ax.plot(ns, mid * (ns / np.sqrt(ns[0] * ns[-1])) ** slope, style, color="gray", lw=1, label=lab)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set(xlabel="width n", ylabel="lr_B / lr_A", title=f"regime: {regime}")
+    ax.legend(fontsize=7.5, loc="upper left")
+    ax.grid(True, alpha=0.3)
+
+
+def _plot_heatmap_panel(ax, res: dict, rec: dict, regime: str) -> None:
+    """log₁₀ relative loss over the (lr_A, lr_B) grid at the largest width, with the estimates drawn."""
+    n = str(res["config"]["widths"][-1])
+    la, lb = np.asarray(res["log2_lr_A"]), np.asarray(res["log2_lr_B"])
+    z = np.array([[np.nan if v is None else v for v in row] for row in rec["log10_loss_pooled"][n]])
+    h = (la[1] - la[0]) / 2
+    im = ax.imshow(z, origin="lower", aspect="auto", cmap="viridis", vmax=0.0,
+                   extent=(lb[0] - h, lb[-1] + h, la[0] - h, la[-1] + h))
+    ax.figure.colorbar(im, ax=ax, label="log₁₀ loss / loss at init (pooled)")
+    est = rec["per_width"][-1]
+    ax.plot(est["best_log2_lr_B"], est["best_log2_lr_A"], "rx", ms=10, mew=2, label="best cell")
+    for key, style, color in (("smoothed", "-", "magenta"), ("band_lo", "--", "orange"), ("band_hi", "--", "orange")):
+        cens = " (grid edge)" if est.get(f"{key}_censored") else ""
+        ax.plot(lb, lb - est[key], style, color=color, lw=1.5, label=f"{key}: ratio 2^{est[key]:.1f}{cens}")
+    ax.set(xlim=(lb[0] - h, lb[-1] + h), ylim=(la[0] - h, la[-1] + h), xlabel="log₂ lr_B",
+           ylabel="log₂ lr_A", title=f"{regime}, n = {n} (grey: diverged)")
+    ax.set_facecolor("0.6")
+    ax.legend(fontsize=7.5, loc="lower right")
+
+
+def _fmt(v: float | None) -> str:
+    """A number with 2 decimals, or 'n/a'."""
+    return "n/a" if v is None else f"{v:+.2f}"

@@ -1,0 +1,1 @@
+"""Experiments: the paper's evidence as runnable commands (toy model, sweeps, comparisons)."""
