@@ -67,8 +67,8 @@ def test_deltas_match_hand_computation_after_one_sgd_step():
         inputs = {"fc1": x.reshape(-1, 6), "fc2": torch.relu(lora["fc1"](x)).reshape(-1, 5)}
         model.train()
     monitor = FeatureLearningMonitor(model, x, every=1)
-    opt = torch.optim.SGD([{"params": [p for n, p in model.named_parameters() if "lora_A" in n], "lr": 0.1},
-                           {"params": [p for n, p in model.named_parameters() if "lora_B" in n], "lr": 0.3}])  # fmt: skip
+    factors = {role: [p for n, p in model.named_parameters() if role in n] for role in ("lora_A", "lora_B")}
+    opt = torch.optim.SGD([{"params": factors["lora_A"], "lr": 0.1}, {"params": factors["lora_B"], "lr": 0.3}])
     loss_fn(model, x).backward()
     with monitor.step():
         opt.step()

@@ -180,3 +180,17 @@ def test_resume_continues_exactly_where_the_crash_left(tiny_bert_dir, tiny_csv, 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_bert_dir, tiny_csv, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_train(tiny_config(tiny_bert_dir, tiny_csv, tmp_path / "empty", resume=True))
+
+
+def test_monitor_option_writes_feature_learning_json_and_plot(tiny_bert_dir, tiny_csv, tmp_path):
+    out = tmp_path / "monitored"
+    run_train(tiny_config(tiny_bert_dir, tiny_csv, out, max_steps=6, eval_steps=6, monitor=True, monitor_every=2,
+                          warmup_ratio=0.0))  # with warm-up, step 1 has lr 0
+    saved = json.loads((out / "feature_learning.json").read_text())
+    steps = sorted({row["step"] for row in saved["aggregate"]})
+    assert steps == [1, 3, 5]  # steps 1, 1 + every, ...
+    first = [row for row in saved["per_layer"] if row["step"] == 1]
+    assert len(first) == 4 and all(row["delta_A"] == 0.0 and row["delta_B"] > 0 for row in first)  # B starts at 0
+    assert (out / "feature_learning.png").stat().st_size > 0
+    logged = [row for row in json.loads((out / "log_history.json").read_text()) if "fl/delta_B" in row]
+    assert logged, "monitor values reach the Trainer's log history"

@@ -10,6 +10,7 @@ from .optim import create_loraplus_optimizer, describe_groups
 __version__ = "0.1.0"
 
 __all__ = [
+    "FeatureLearningMonitor",
     "LoraPair",
     "LoraPlusConfig",
     "LoraPlusTrainer",
@@ -26,4 +27,8 @@ def __getattr__(name: str):
         from . import hf
 
         return getattr(hf, name)
+    if name == "FeatureLearningMonitor":
+        from .monitor import FeatureLearningMonitor
+
+        return FeatureLearningMonitor
     raise AttributeError(f"module 'loraplus' has no attribute {name!r}")

@@ -54,6 +54,8 @@ class TrainConfig:
     lr_scheduler_type: str = _opt("linear", "transformers scheduler name (linear, cosine, constant, ...)")
     eval_steps: int = _opt(25, "evaluate on the validation split (and checkpoint) every N steps")
     logging_steps: int = _opt(10, "log the training loss every N steps")
+    monitor: bool = _opt(False, "feature-learning monitor: δ_A, δ_B of every LoRA layer; writes feature_learning.json/.png")
+    monitor_every: int = _opt(10, "monitor every N optimizer steps (steps 1, 1+N, ...)")
     save_checkpoints: bool = _opt(True, "save a checkpoint every eval_steps (the last two are kept)")
     seed: int = _opt(0, "seed of the data split, the head and LoRA initialisation, and data order")
     val_fraction: float = _opt(0.1, "validation share when the data has no validation split")
@@ -74,7 +76,7 @@ class TrainConfig:
         as_float("learning_rate", self.learning_rate)
         self.loraplus()  # validates lr, ratio, embedding lr, weight decay
         self.lora()  # validates r, alpha, dropout, targets
-        for name in ("batch_size", "eval_batch_size", "max_length", "eval_steps", "logging_steps"):
+        for name in ("batch_size", "eval_batch_size", "max_length", "eval_steps", "logging_steps", "monitor_every"):
             _positive_int(name, getattr(self, name))
         if self.max_steps != -1:
             _positive_int("max_steps", self.max_steps)

@@ -16,9 +16,11 @@ Choices:
   ``embed_scale``). s is PEFT's ``layer.scaling[adapter]`` or a numeric ``layer.scaling`` (loralib, torchtune),
   else 1.0 (the log-ratio does not depend on s). With ``attention_mask`` in a dict probe, padding tokens are
   dropped wherever x has the mask's leading shape.
-- Skipped (``monitor.skipped``): non-2-D factors (Conv LoRA), A with more rows than B has columns (loralib
-  MergedLinear), pairs with both factors frozen. Layers the probe never reaches (merged or inactive adapters)
-  give no record. DoRA gets the plain LoRA formula. Sharded parameters (FSDP, ZeRO-3) are not supported.
+- Skipped (``monitor.skipped``): non-2-D factors (Conv LoRA), A rows ≠ B columns (loralib MergedLinear),
+  pairs with both factors frozen. Layers the probe never reaches (merged or inactive adapters) give no
+  record. DoRA gets the plain LoRA formula. Sharded parameters (FSDP, ZeRO-3) are not supported.
+- Cost per sampled step: one probe forward, plus x kept across ``optimizer.step()`` (probe tokens × Σ in_features
+  values in the model's dtype) and O(tokens · r · (in + r)) per layer.
 - Aggregate per step: the median over layers of δ_A, of δ_B and of log10_ratio (robust to odd layers; the
   median log-ratio is not log10 of the ratio of medians). Core: torch only; ``FeatureLearningCallback`` (a
   ``transformers.TrainerCallback``) is built on first access.
@@ -47,10 +49,8 @@ from torch import nn
 from .groups import find_lora_pairs
 from .io import atomic_write_json
 
-__all__ = [
-    "FeatureLearningCallback", "FeatureLearningMonitor", "add_feature_learning_callback", "aggregate_records",
-    "plot_monitor",
-]  # fmt: skip
+__all__ = ["FeatureLearningCallback", "FeatureLearningMonitor", "add_feature_learning_callback", "aggregate_records",
+           "plot_monitor"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _find_layers(model: nn.Module) -> tuple[list[_Layer], dict[str, str]]:
         if a.ndim != 2 or b.ndim != 2:
             skipped[name] = f"factors are {a.ndim}-D/{b.ndim}-D (Conv LoRA), not 2-D"
         elif a.shape[0] != b.shape[1]:
-            skipped[name] = f"A {tuple(a.shape)} has more rows than B {tuple(b.shape)} has columns (merged LoRA)"
+            skipped[name] = f"A {tuple(a.shape)} and B {tuple(b.shape)} differ in rank (merged LoRA)"
         elif not (a.requires_grad or b.requires_grad):
             skipped[name] = "both factors are frozen"
         else:
@@ -131,8 +131,7 @@ def _flatten(x: torch.Tensor, mask: torch.Tensor | None, embedding: bool) -> tor
 
 def _capture_inputs(model: nn.Module, layers: list[_Layer], args: tuple, kwargs: dict) -> dict[str, list]:
     """Run ``model(*args, **kwargs)`` (eval mode, no grad) and return each layer's inputs x, flattened."""
-    mask = kwargs.get("attention_mask")
-    mask = mask.bool() if isinstance(mask, torch.Tensor) else None
+    mask = kwargs["attention_mask"].bool() if isinstance(kwargs.get("attention_mask"), torch.Tensor) else None
     seen: dict[str, list[torch.Tensor]] = {}
 
     def hook(layer: _Layer, module: nn.Module, f_args: tuple, f_kwargs: dict) -> None:
@@ -157,15 +156,17 @@ def _capture_inputs(model: nn.Module, layers: list[_Layer], args: tuple, kwargs:
 def _rms_deltas(x: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor, layer: _Layer) -> tuple[float, float]:
     """(RMS δ_A, RMS δ_B) over tokens × out features; x (N, in) or ids (N,), a0 (r, in), b0 (out, r)."""
     a1, b1 = layer.a.detach().float(), layer.b.detach().float()
-    s = _scale(layer)
     if layer.embedding:  # A x = F.embedding(ids, A.T): (N, r)
         da_x, a0_x = F.embedding(x, (a1 - a0).T), F.embedding(x, a0.T)
     else:
-        xf = x.float()
-        da_x, a0_x = xf @ (a1 - a0).T, xf @ a0.T
-    delta_a = s * (da_x @ b0.T)  # (N, out)
-    delta_b = s * (a0_x @ (b1 - b0).T)  # (N, out)
-    return delta_a.pow(2).mean().sqrt().item(), delta_b.pow(2).mean().sqrt().item()
+        da_x, a0_x = x.float() @ (a1 - a0).T, x.float() @ a0.T
+    count, s = max(x.shape[0], 1) * b0.shape[0], _scale(layer)
+
+    def rms(u: torch.Tensor, b: torch.Tensor) -> float:  # of s·u bᵀ, as ‖u bᵀ‖² = Σ (uᵀu)∘(bᵀb): N·r², not N·out
+        u, b = u.double(), b.double()
+        return abs(s) * math.sqrt(max(((u.T @ u) * (b.T @ b)).sum().item(), 0.0) / count)
+
+    return rms(da_x, b0), rms(a0_x, b1 - b0)
 
 
 def _check_every(every: object) -> int:
@@ -255,8 +256,7 @@ class FeatureLearningMonitor:
         if self._pending is None:
             return None
         step, snap = self._pending
-        self._pending = None
-        rows = []
+        self._pending, rows = None, []
         for layer in self.layers:
             if layer.name in snap:
                 d_a, d_b = _rms_deltas(*snap[layer.name], layer)
@@ -385,10 +385,12 @@ def _callback_class() -> type:
     return FeatureLearningCallback
 
 
-def add_feature_learning_callback(trainer: Any, probe_inputs: Any = None, *, every: int = 10, probe_size: int = 8):
+def add_feature_learning_callback(
+    trainer: Any, probe_inputs: Any = None, *, every: int = 10, probe_size: int = 8, save_json: bool = True
+):
     """Add a ``FeatureLearningCallback`` to ``trainer`` ahead of its reporters, so that TensorBoard and the other
     ``report_to`` integrations receive the ``fl/*`` values; returns the callback (its ``.monitor`` after training)."""
-    callback = _callback_class()(probe_inputs, every=every, probe_size=probe_size)
+    callback = _callback_class()(probe_inputs, every=every, probe_size=probe_size, save_json=save_json)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
 

@@ -34,7 +34,7 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
     """
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output_dir {str(out)!r} is a file, not a folder")
+        raise FileExistsError(f"output_dir {str(out)!r} is a file, not a folder; choose another --output-dir")
     finished = (out / "metrics.json").exists()
     started = any((out / "checkpoints").glob("checkpoint-*")) or (out / "adapter").exists()
     if resume and finished:
@@ -53,7 +53,9 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"output_dir {str(out)!r} is not writable: {err.strerror or err}") from None
+        raise PermissionError(
+            f"output_dir {str(out)!r} is not writable ({err.strerror or err}); choose another --output-dir"
+        ) from None
     if overwrite:
         (out / "metrics.json").unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -118,6 +120,7 @@ def _training_arguments(cfg: TrainConfig, out: Path):
         use_cpu=not torch.cuda.is_available(),  # CPU DDP over gloo needs it; GPUs get NCCL/FSDP/DeepSpeed
         dataloader_num_workers=0,
         disable_tqdm=False,
+        logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run: safety.NonFiniteLossCallback)
     )
 
 
@@ -128,6 +131,7 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
 
     from .hf import LoraPlusTrainer
     from .models import apply_lora, load_sequence_classifier, model_max_length
+    from .safety import check_lora_init
 
     transformers.set_seed(cfg.seed)
     tokenizer, model = load_sequence_classifier(path, data.label_names, trust_remote_code=cfg.trust_remote_code)
@@ -135,6 +139,7 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
     model = apply_lora(model, cfg.lora())
+    check_lora_init(model)  # fresh adapters only: warns if both factors start non-zero
     tokenized = _tokenize(data, tokenizer, cfg)
     trainer = LoraPlusTrainer(
         model=model,
@@ -170,6 +175,17 @@ def peft_optimizer(cfg: TrainConfig, model):
     return None
 
 
+def _resume_point(out: Path) -> str:
+    """The newest complete checkpoint (a kill while saving leaves a partial ``checkpoint-N``; it is skipped)."""
+    from .safety import last_good_checkpoint
+
+    last = last_good_checkpoint(out / "checkpoints")
+    if last is None:
+        folder = str(out / "checkpoints")
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {folder!r}; start over with --overwrite")
+    return str(last)
+
+
 def _split_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     keys = ("accuracy", "macro_f1", "loss")
     return {k: float(metrics[f"{prefix}_{k}"]) for k in keys if f"{prefix}_{k}" in metrics}
@@ -200,6 +216,7 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     """
     from .data import load_classification_data
     from .models import resolve_model
+    from .safety import NonFiniteLossCallback
 
     start = time.perf_counter()
     out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite, resume=cfg.resume)
@@ -208,10 +225,15 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
     )  # fmt: skip
-    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks)
+    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, [NonFiniteLossCallback(), *callbacks])
     sizes = {name: len(split) for name, split in tokenized.items()}
     logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
-    train_result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    monitor = None
+    if cfg.monitor:
+        from .monitor import add_feature_learning_callback
+
+        monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
+    train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
     validation = trainer.evaluate()
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
     metrics = {
@@ -226,8 +248,20 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         "wall_time_s": time.perf_counter() - start,
     }
     if trainer.is_world_process_zero():  # under torchrun/accelerate only rank 0 writes
+        if monitor is not None:
+            _write_monitor(out, monitor.monitor)
         _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics)
     return metrics
+
+
+def _write_monitor(out: Path, monitor) -> None:
+    """``feature_learning.json`` (per layer and aggregate δ_A, δ_B) and its plot ``feature_learning.png``."""
+    import json
+
+    from .monitor import plot_monitor
+
+    monitor.save_json(out / "feature_learning.json")
+    plot_monitor(json.loads((out / "feature_learning.json").read_text()), out / "feature_learning.png")
 
 
 def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, sizes: dict, metrics: dict) -> None:
