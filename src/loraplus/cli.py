@@ -116,14 +116,23 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ratio(args: argparse.Namespace) -> int:
+    from .ratio import RatioCommand, explain
+
+    print(explain(dataclass_from_args(RatioCommand, args).run()))
+    return 0
+
+
 def _config_classes() -> dict:
     from .config import TrainConfig
     from .experiments.compare import CompareConfig
     from .experiments.sweep import SweepConfig
 
     from .experiments.toy import ToyCommand
+    from .ratio import RatioCommand
 
-    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "toy": ToyCommand}
+    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "toy": ToyCommand,
+            "ratio": RatioCommand}  # fmt: skip
 
 
 COMMANDS = {
@@ -151,6 +160,13 @@ COMMANDS = {
         "Measure |δ¹| (A moves), |δ²| (B moves), |δ³| against width n under equal Θ(1), equal Θ(1/n) and LoRA+ "
         "learning rates (Hayou et al. 2024, Sec. 3), and fit how the best lr_B / lr_A of a trained "
         "teacher-student LoRA toy grows with n (paper: n^1; Su 2024: n^1/2).",
+    ),
+    "ratio": (
+        _cmd_ratio,
+        "recommend a loraplus_lr_ratio for a model (width rule; --probe measures δ_A / δ_B)",
+        "Print a recommended loraplus_lr_ratio with its reasoning: a rule from the model's width (exponent "
+        "measured on the toy model), and with --probe a short run per candidate ratio that finds where A and B "
+        "change the output equally (feature-learning monitor).",
     ),
 }
 

@@ -34,7 +34,7 @@ class TrainConfig:
     text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
     label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
     learning_rate: float = _opt(1e-3, "lr_A: lr of the lora_A factors and of the classification head")
-    loraplus_lr_ratio: float = _opt(16.0, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA")
+    loraplus_lr_ratio: float = _opt(16.0, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = the width rule of `loraplus ratio`")
     loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
     loraplus_lr_other: float | None = _opt(None, "absolute lr of the classification head and other non-LoRA tensors (default: learning_rate)")
     optimizer: str = _opt("loraplus", "loraplus, or PEFT's lorafa / riemannian (these ignore the LoRA+ options)")
@@ -65,6 +65,10 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == "auto":
+            from .ratio import width_rule_for  # the width rule of `loraplus ratio` (reads the model's config)
+
+            object.__setattr__(self, "loraplus_lr_ratio", width_rule_for(self.model, self.trust_remote_code)[1])
         coerce_fields(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")

@@ -1,0 +1,62 @@
+"""`loraplus ratio`: the width rule, its pinned exponent, the probe's crossing, and `--loraplus-lr-ratio auto`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loraplus.config import TrainConfig
+from loraplus.ratio import TOY_EXPONENT, RatioCommand, crossing, probe_ratio, ratio_from_width
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_width_rule_is_anchored_at_the_paper_default_and_uses_the_toy_exponent():
+    assert ratio_from_width(768) == pytest.approx(16.0)
+    assert ratio_from_width(384) == pytest.approx(16.0 * 0.5**TOY_EXPONENT)
+    assert ratio_from_width(4096) == pytest.approx(74.4, abs=0.1)
+    with pytest.raises(ValueError, match="width must be a positive integer, got 0"):
+        ratio_from_width(0)
+
+
+def test_toy_exponent_is_the_committed_toy_result():
+    """The constant in ratio.py is the fixed-data band_hi exponent of experiments/toy (made by `loraplus toy`)."""
+    saved = json.loads((ROOT / "experiments" / "toy" / "ratio_exponent.json").read_text())
+    pooled = saved["regimes"]["fixed"]["train"]["exponents"]["band_hi"]["pooled"]
+    assert TOY_EXPONENT == pytest.approx(pooled, abs=5e-4)
+
+
+def test_crossing_interpolates_in_log_ratio():
+    ratio, how = crossing([1.0, 4.0, 16.0], [-0.5, 0.5, 1.0])
+    assert ratio == pytest.approx(2.0) and how == "interpolated crossing"
+    assert crossing([1.0, 4.0], [0.3, 0.6]) == (1.0, crossing([1.0, 4.0], [0.3, 0.6])[1])
+    assert "upper bound" in crossing([1.0, 4.0], [0.3, 0.6])[1]
+    assert crossing([1.0, 4.0], [-0.3, None])[0] == 1.0
+    assert "lower bound" in crossing([1.0, 4.0], [-0.3, -0.1])[1]
+    with pytest.raises(ValueError, match="no δ_A/δ_B pair"):
+        crossing([1.0, 2.0], [None, None])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(dict(candidates=("4",)), "at least two"), (dict(candidates=("1", "x")), "must be numbers"),
+     (dict(candidates=("0", "4")), "> 0"), (dict(steps=0), "must be a positive integer, got 0")],
+)  # fmt: skip
+def test_bad_ratio_options_name_the_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        RatioCommand(**bad)
+
+
+def test_probe_log_ratio_rises_with_the_ratio_at_fixed_lr_b(tiny_bert_dir, tiny_csv):
+    cfg = TrainConfig(model=str(tiny_bert_dir), dataset=str(tiny_csv), learning_rate=1e-3, loraplus_lr_ratio=16.0,
+                      max_steps=4, batch_size=8, max_length=16, warmup_ratio=0.0, lora_dropout=0.0, eval_steps=5,
+                      save_checkpoints=False, target_modules=("query", "value"))  # fmt: skip
+    result = probe_ratio(cfg, (1.0, 64.0))
+    low, high = result["median_log10_dB_over_dA"]
+    assert high > low + 0.5  # lr_A = lr_B / λ: a 64x smaller lr_A shrinks δ_A, not δ_B
+    assert result["candidates"] == [1.0, 64.0] and result["ratio"] > 0
+
+
+@pytest.mark.realdata
+def test_auto_ratio_uses_the_width_rule_for_minilm():
+    assert TrainConfig(loraplus_lr_ratio="auto").loraplus_lr_ratio == pytest.approx(ratio_from_width(384))
