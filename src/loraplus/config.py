@@ -66,9 +66,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == "auto":
-            from .ratio import width_rule_for  # the width rule of `loraplus ratio` (reads the model's config)
-
-            object.__setattr__(self, "loraplus_lr_ratio", width_rule_for(self.model, self.trust_remote_code)[1])
+            object.__setattr__(self, "loraplus_lr_ratio", _auto_ratio(self.model, self.trust_remote_code))
         coerce_fields(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
@@ -172,6 +170,23 @@ def _check_scheduler(name: str) -> None:
     names = [s.value for s in SchedulerType]
     if name not in names:
         raise ValueError(f"lr_scheduler_type must be one of {', '.join(names)}, got {name!r}")
+
+
+def _auto_ratio(model, trust_remote_code) -> float:
+    """``loraplus_lr_ratio=auto``: the width rule of `loraplus ratio` for ``model`` (reads the model's config).
+
+    Raises ValueError (not OSError/TypeError) for a model whose config cannot be read: a hub id offline, a bad value.
+    """
+    from .ratio import width_rule_for
+
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"loraplus_lr_ratio=auto needs a model name or folder, got model={model!r}")
+    try:  # `is True`: fields are not converted yet, and a string "false" must not switch remote code on
+        return width_rule_for(model, trust_remote_code is True)[1]
+    except OSError as err:
+        raise ValueError(
+            f"loraplus_lr_ratio=auto could not read the config of model {model!r}: {' '.join(str(err).split())}"
+        ) from None
 
 
 def _positive_int(name: str, value) -> None:

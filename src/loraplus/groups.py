@@ -74,7 +74,7 @@ def as_float(name: str, value: object, *, allow_zero: bool = False) -> float:
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float (10**400)
         raise ValueError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")

