@@ -247,3 +247,25 @@ def test_training_arguments_from_command_line(tmp_path):
     assert (args.loraplus_lr_ratio, args.loraplus_lr_embedding) == (8.0, 1e-6)
     (default,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path)])
     assert (default.loraplus_lr_ratio, default.loraplus_lr_embedding) == (16.0, None)
+
+
+def test_trainer_warns_that_an_adaptive_optimizer_ignores_the_ratio(tmp_path):
+    """Prodigy-like classes set their own step size: the Trainer path warns as create_loraplus_optimizer does."""
+    import warnings
+
+    import torch
+    from transformers import TrainingArguments
+
+    from loraplus import LoraPlusTrainer
+    from tiny_models import TINY_MODELS
+
+    class Prodigy(torch.optim.AdamW):
+        pass
+
+    model = TINY_MODELS["peft_linear"].build()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = LoraPlusTrainer(model=model, args=args, optimizer_cls_and_kwargs=(Prodigy, {"lr": 1.0}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.create_optimizer()
+    assert any("Prodigy adapts its own step size" in str(w.message) for w in caught)

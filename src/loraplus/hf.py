@@ -9,7 +9,7 @@ from transformers import Trainer, TrainingArguments
 
 from .distributed import check_deepspeed_config, deepspeed_configs
 from .groups import LoraPlusConfig, build_groups
-from .optim import _keep_embeddings_32bit, describe_groups
+from .optim import _keep_embeddings_32bit, describe_groups, warn_if_adaptive
 
 try:
     from transformers.trainer_optimizer import is_optimizer_factory
@@ -102,6 +102,7 @@ class LoraPlusTrainer(Trainer):
             getattr(args, "loraplus_lr_other", None),
         )
         optimizer_kwargs["lr"] = cfg.lr
+        warn_if_adaptive(optimizer_cls, cfg.loraplus_lr_ratio)
         groups = build_groups(opt_model, cfg)
         _keep_embeddings_32bit(opt_model, optimizer_cls, optimizer_kwargs)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)

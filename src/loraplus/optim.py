@@ -62,17 +62,23 @@ def create_loraplus_optimizer(
         )
     decay = weight_decay if weight_decay is not None else loraplus_weight_decay
     cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, 0.0 if decay is None else decay)
-    if _ADAPTIVE.search(getattr(optimizer_cls, "__name__", "")):
-        warnings.warn(
-            f"{optimizer_cls.__name__} adapts its own step size: the per-group lr only scales it, so "
-            f"loraplus_lr_ratio={cfg.loraplus_lr_ratio} is not the lr_B / lr_A of the LoRA+ paper",
-            stacklevel=2,
-        )
+    warn_if_adaptive(optimizer_cls, cfg.loraplus_lr_ratio)
     groups = build_groups(model, cfg)
     _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
     optimizer = optimizer_cls(groups, lr=cfg.lr, **optimizer_kwargs)
     logger.info("LoRA+ parameter groups (loraplus_lr_ratio=%g):\n%s", cfg.loraplus_lr_ratio, describe_groups(optimizer))
     return optimizer
+
+
+def warn_if_adaptive(optimizer_cls, ratio: float) -> None:
+    """Warn when ``optimizer_cls`` (Prodigy, D-Adaptation) sets its own step size, so λ is not lr_B / lr_A."""
+    name = getattr(optimizer_cls, "__name__", "")
+    if _ADAPTIVE.search(name):
+        warnings.warn(
+            f"{name} adapts its own step size: the per-group lr only scales it, so "
+            f"loraplus_lr_ratio={ratio} is not the lr_B / lr_A of the LoRA+ paper",
+            stacklevel=3,
+        )
 
 
 def _keep_embeddings_32bit(model: nn.Module, optimizer_cls: type, optimizer_kwargs: dict) -> None:
