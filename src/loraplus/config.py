@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from .groups import LoraPlusConfig, as_float
 from .models import LoraOptions
 
-__all__ = ["OPTIMIZERS", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "TASKS", "TrainConfig"]
 
 OPTIMIZERS = ("loraplus", "lorafa", "riemannian")
+TASKS = {"classification": "minilm-l6", "causal-lm": "smollm2-135m"}  # task -> default model
 
 
 def _opt(default, help: str):
@@ -26,7 +27,10 @@ class TrainConfig:
         ValueError: any option out of range, naming the option and the bad value.
     """
 
-    model: str = _opt("minilm-l6", "built-in model name, a local model folder, or a hub id")
+    task: str = _opt("classification", "classification (a new head on the model) or causal-lm (the label as the "
+                     "answer to an instruction prompt; loss on the answer only)")
+    model: str | None = _opt(None, "built-in model name, a local model folder, or a hub id "
+                             "(default: minilm-l6 for classification, smollm2-135m for causal-lm)")
     dataset: str = _opt("bbc-news", "built-in dataset (bbc-news, sms-spam), a csv/tsv/json/jsonl/parquet file, or a hub id")
     output_dir: str = _opt("runs/train", "run folder: adapter, metrics.json, config.json, log_history.json, checkpoints")
     overwrite: bool = _opt(False, "replace a finished (or unfinished) run in output_dir")
@@ -65,6 +69,10 @@ class TrainConfig:
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or self.task not in TASKS:  # first: the model default depends on it
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.model is None:
+            object.__setattr__(self, "model", TASKS[self.task])
         if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == "auto":
             object.__setattr__(self, "loraplus_lr_ratio", _auto_ratio(self.model, self.trust_remote_code))
         coerce_fields(self)

@@ -187,7 +187,7 @@ def _resume_point(out: Path) -> str:
 
 
 def _split_metrics(metrics: dict, prefix: str) -> dict[str, float]:
-    keys = ("accuracy", "macro_f1", "loss")
+    keys = ("accuracy", "macro_f1", "loss", "perplexity", "exact_match")
     return {k: float(metrics[f"{prefix}_{k}"]) for k in keys if f"{prefix}_{k}" in metrics}
 
 
@@ -208,12 +208,14 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.dataset`` with LoRA+ and write the run folder.
 
     Returns the metrics dict also written to ``metrics.json``:
-    ``{"test": {"accuracy", "macro_f1", "loss"}, "validation": {...}, "train": {...}, "wall_time_s": float}``.
+    ``{"test": {"accuracy", "macro_f1", "loss"}, "validation": {...}, "train": {...}, "wall_time_s": float}``;
+    with ``task="causal-lm"`` the splits also carry ``perplexity`` and ``exact_match``.
 
     Raises:
         FileExistsError, PermissionError: see ``prepare_output_dir``.
         ValueError: bad options, data or model (from the loaders), or a split smaller than one batch.
     """
+    from .causal import build_causal_trainer
     from .data import load_classification_data
     from .models import resolve_model
     from .safety import NonFiniteLossCallback
@@ -225,7 +227,8 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
     )  # fmt: skip
-    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, [NonFiniteLossCallback(), *callbacks])
+    build = build_causal_trainer if cfg.task == "causal-lm" else build_trainer
+    trainer, tokenizer, tokenized = build(cfg, path, out, data, [NonFiniteLossCallback(), *callbacks])
     sizes = {name: len(split) for name, split in tokenized.items()}
     logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
     monitor = None

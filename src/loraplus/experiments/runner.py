@@ -64,7 +64,8 @@ def _read_result(out: Path) -> dict:
     row["steps"] = metrics["train"]["steps"]
     row["seconds"] = metrics["wall_time_s"]
     row["curve"] = [
-        {k: r[k] for k in ("step", "eval_accuracy", "eval_loss", "eval_macro_f1", "loss") if k in r} for r in history
+        {k: r[k] for k in ("step", "eval_accuracy", "eval_loss", "eval_macro_f1", "eval_perplexity", "loss") if k in r}
+        for r in history
     ]
     return row
 
