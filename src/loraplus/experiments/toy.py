@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import _opt, coerce_fields
+from ..io import atomic_write_with
 from .toy_delta import SCALINGS, TERMS, DeltaToyConfig, delta_scaling, plot_delta_scaling
 from .toy_train import ESTIMATORS, TrainToyConfig, plot_ratio_exponent, ratio_exponent
 
@@ -92,14 +92,14 @@ def run_toy(out_dir: str | Path, *, widths: Sequence[int] | None = None, seeds: 
     delta = delta_scaling(delta_cfg)
     delta["wall_s"] = time.perf_counter() - t0
     files = {"delta_scaling.json": _write_json(out / "delta_scaling.json", delta)}
-    files["delta_scaling.png"] = _atomic(out / "delta_scaling.png", lambda p: plot_delta_scaling(delta, p))
+    files["delta_scaling.png"] = atomic_write_with(out / "delta_scaling.png", lambda p: plot_delta_scaling(delta, p))
     ratio = None
     if train:
         t1 = time.perf_counter()
         ratio = ratio_exponent(train_cfg)
         ratio["wall_s"] = time.perf_counter() - t1
         files["ratio_exponent.json"] = _write_json(out / "ratio_exponent.json", ratio)
-        files["ratio_exponent.png"] = _atomic(out / "ratio_exponent.png", lambda p: plot_ratio_exponent(ratio, p))
+        files["ratio_exponent.png"] = atomic_write_with(out / "ratio_exponent.png", lambda p: plot_ratio_exponent(ratio, p))
     summary = {"out_dir": str(out), "files": files, "delta": _delta_summary(delta),
                "ratio": None if ratio is None else _ratio_summary(ratio),
                "wall_s": {"delta": delta["wall_s"], "train": None if ratio is None else ratio["wall_s"],
@@ -107,23 +107,10 @@ def run_toy(out_dir: str | Path, *, widths: Sequence[int] | None = None, seeds: 
     return summary
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> str:
-    """Write ``path`` through ``write(tmp)`` on a fresh hidden file in the same folder, then os.replace
-    (readers never see a half-written file). Returns ``str(path)``."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return str(path)
-
-
 def _write_json(path: Path, obj: dict) -> str:
     """Strict JSON (no NaN/inf: those are stored as null), written atomically."""
     text = json.dumps(obj, indent=1, allow_nan=False)
-    return _atomic(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    return atomic_write_with(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))
 
 
 def _delta_summary(delta: dict) -> dict:
