@@ -1,0 +1,223 @@
+"""Figures 4 and 5: ``loraplus train`` with its defaults against the bare script (``bare_trainer.py``), one
+fine-tuning run each, each in its own process (their peak RSS feeds figure 7).
+
+Both runs: minilm-l6 on bbc-news (seed-0 split), one epoch, batch 16, max_length 128. loraplus: ``run_train(TrainConfig(
+output_dir=...))`` with every default (lr 1e-3, λ 16, dynamic padding, warm-up, validation + checkpoint every 25
+steps); bare: lr 2e-4, pad-to-max. Before the clock starts each process imports torch/transformers/peft/datasets and
+reads the data once (warm file cache on both sides); the clock (t0) starts when ``run_train`` / ``bare_trainer.run``
+is called, so model loading, data loading, tokenization and training are inside it for both.
+
+Figure 4, time to accuracy. X = the bare script's test accuracy after its epoch; T_bare = t0 -> end of its training
+(its final test evaluation excluded). T_loraplus(X) = t0 -> the first optimizer step at which the test accuracy is
+>= X, probed every ``probe_every`` steps (and at the end of training) by a callback whose own time is subtracted:
+the probes are measurement, not training. Probing stops after the first hit. Time resolution: ``probe_every`` steps,
+so T_loraplus is overestimated by up to that many steps. Ratio T_loraplus / T_bare, target <= 0.5; not reached -> inf.
+
+Figure 5, throughput. Training time = the sum over optimizer steps of the time from the end of the previous step's
+logging/evaluation/checkpointing (or the train start) to the end of the step: batch fetching and collation, forward,
+backward, clipping, optimizer and scheduler steps are in; periodic evaluation, checkpoint saving and the probes are
+out. Throughput = training examples / training time; ratio loraplus / bare, target >= 1.0. Also reported: the whole
+training loop (``train()``: periodic evaluation and checkpoints in, probes out).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from benchmarks.common import Context, row, run_worker
+
+NAME_TTA, TITLE_TTA = "time_to_accuracy", "4 time to accuracy"
+NAME_TPUT, TITLE_TPUT = "throughput", "5 throughput"
+
+
+def config(quick: bool) -> dict:
+    if quick:
+        return {"model": "tiny-bert-folder", "limits": {"max_train_samples": 32, "max_eval_samples": 16, "max_length": 32},
+                "probe_every": 1}  # fmt: skip
+    return {"model": "minilm-l6", "limits": {}, "probe_every": 10}
+
+
+def model_path(ctx: Context, name: str) -> str:
+    if name == "minilm-l6":
+        from loraplus.models import resolve_model
+
+        return resolve_model("minilm-l6")
+    folder = ctx.workdir / "tiny-bert"
+    if not folder.exists():
+        save_tiny_bert(folder)
+    return str(folder)
+
+
+def save_tiny_bert(folder) -> None:
+    """A 2-layer BERT (hidden 32) with random weights and a character-level WordPiece vocabulary, for quick runs."""
+    import string
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    chars = string.ascii_lowercase + string.digits
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+
+
+def train_runs(ctx: Context, cfg: dict) -> dict:
+    """``{"bare": ..., "loraplus": ...}`` worker results, run once per context (figures 4, 5 and 7 share them)."""
+    key = ("train_runs", repr(sorted(cfg.items())))
+    if key not in ctx.memo:
+        args = {"model": model_path(ctx, cfg["model"]), "limits": cfg["limits"], "probe_every": cfg["probe_every"]}
+        ctx.log("[train runs] bare script (one epoch)")
+        bare = run_worker("train_run", {**args, "kind": "bare", "workdir": str(ctx.workdir / "bare")}, ctx)
+        ctx.log(f"[train runs] loraplus train (defaults), target accuracy {bare['test_accuracy']:.4f}")
+        lp = run_worker("train_run", {**args, "kind": "loraplus", "target": bare["test_accuracy"],
+                                      "workdir": str(ctx.workdir / "loraplus")}, ctx)  # fmt: skip
+        ctx.memo[key] = {"bare": bare, "loraplus": lp}
+    return ctx.memo[key]
+
+
+def run_tta(ctx: Context, cfg: dict) -> dict:
+    runs = train_runs(ctx, cfg)
+    bare, lp = runs["bare"], runs["loraplus"]
+    x, hit = bare["test_accuracy"], lp["crossed"]
+    t_bare = bare["timer"]["train_end"]
+    if hit is None:
+        ratio = cpu = math.inf
+        value = f"X = {x:.4f} (bare, {t_bare['wall_s']:.0f} s); loraplus never reached it (final {lp['test_accuracy']:.4f})"
+    else:
+        ratio, cpu = hit["wall_s"] / t_bare["wall_s"], hit["cpu_s"] / t_bare["cpu_s"]
+        value = (f"X = {x:.4f}: bare {t_bare['wall_s']:.0f} s ({t_bare['cpu_s']:.0f} cpu-s), loraplus {hit['wall_s']:.0f} s "
+                 f"({hit['cpu_s']:.0f} cpu-s) at step {hit['step']}, acc {hit['accuracy']:.4f}; final {lp['test_accuracy']:.4f}")  # fmt: skip
+    whole = {k: (lp["run_s"][k] - lp["timer"]["excluded"][k]) / bare["run_s"][k] for k in ("wall_s", "cpu_s")}
+    rows = [
+        row("loraplus train defaults / bare script, time to X", wall=ratio, cpu=cpu, target=("<=", 0.5), value=value,
+            note=f"probed every {cfg['probe_every']} steps, probe time excluded"),
+        row("whole run (incl. final evals): loraplus / bare", wall=whole["wall_s"], cpu=whole["cpu_s"],
+            value=f"{lp['run_s']['wall_s'] - lp['timer']['excluded']['wall_s']:.0f} s vs {bare['run_s']['wall_s']:.0f} s",
+            note="loraplus' periodic validation + checkpoints included, probes excluded"),
+    ]  # fmt: skip
+    return {"rows": rows, "data": runs}
+
+
+def run_throughput(ctx: Context, cfg: dict) -> dict:
+    runs = train_runs(ctx, cfg)
+    rate = {}
+    for who, r in runs.items():
+        t = r["timer"]
+        loop = {k: t["train_end"][k] - t["train_begin"][k] for k in ("wall_s", "cpu_s")}
+        full = t.get("intervals", [])[:-1]  # the last batch may be partial
+        median = {k: statistics.median(i[c] for i in full) for c, k in enumerate(("wall_s", "cpu_s"))} if full else None
+        rate[who] = {"steps": {k: r["train_samples"] / t["train"][k] for k in ("wall_s", "cpu_s")},
+                     "loop": {k: r["train_samples"] / loop[k] for k in ("wall_s", "cpu_s")},
+                     "median_step_s": median}  # fmt: skip
+    lp, bare = rate["loraplus"], rate["bare"]
+    rows = [
+        row("training steps: loraplus / bare samples/s", wall=lp["steps"]["wall_s"] / bare["steps"]["wall_s"],
+            cpu=lp["steps"]["cpu_s"] / bare["steps"]["cpu_s"], target=(">=", 1.0),
+            value=f"{lp['steps']['wall_s']:.3g} vs {bare['steps']['wall_s']:.3g} samples/s",
+            note="dynamic padding vs pad-to-max; eval/checkpoints excluded"),
+        row("whole train() loop: loraplus / bare samples/s", wall=lp["loop"]["wall_s"] / bare["loop"]["wall_s"],
+            cpu=lp["loop"]["cpu_s"] / bare["loop"]["cpu_s"],
+            value=f"{lp['loop']['wall_s']:.3g} vs {bare['loop']['wall_s']:.3g} samples/s",
+            note="loraplus' periodic validation + checkpoints included"),
+    ]  # fmt: skip
+    if lp["median_step_s"] and bare["median_step_s"]:
+        m_lp, m_bare = lp["median_step_s"], bare["median_step_s"]
+        rows.insert(1, row("median step: bare / loraplus step time", wall=m_bare["wall_s"] / m_lp["wall_s"],
+                           cpu=m_bare["cpu_s"] / m_lp["cpu_s"], value=f"{m_lp['wall_s']:.3g} vs {m_bare['wall_s']:.3g} s",
+                           note="cross-check, robust to spikes"))  # fmt: skip
+    return {"rows": rows, "data": {"samples_per_second": rate}}
+
+
+# ---------------------------------------------------------------- inside the worker process
+
+
+def bench_callback(t0: tuple[float, float], probe=None, every: int = 0, target: float | None = None):
+    """A ``TrainerCallback`` that times training steps (see the module docstring) and optionally probes accuracy."""
+    from transformers import TrainerCallback
+
+    from benchmarks.common import clocks
+
+    class BenchCallback(TrainerCallback):
+        def __init__(self):
+            self.mark = clocks()
+            self.train = [0.0, 0.0]  # wall, cpu seconds inside training steps
+            self.intervals: list[list[float]] = []  # per optimizer step: [wall, cpu] seconds
+            self.excluded = [0.0, 0.0]  # probe time (wall, cpu)
+            self.points: dict[str, dict] = {}
+            self.trajectory: list[dict] = []
+            self.crossed: dict | None = None
+
+        def elapsed(self, now) -> dict:
+            """Seconds since t0 minus the probes' time so far."""
+            return {k: now[i] - t0[i] - self.excluded[i] for i, k in enumerate(("wall_s", "cpu_s"))}
+
+        def touch(self, *args, **kwargs):
+            self.mark = clocks()
+
+        on_log = on_evaluate = on_save = touch
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.mark = clocks()
+            self.points["train_begin"] = self.elapsed(self.mark)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            now = clocks()
+            self.intervals.append([n - m for n, m in zip(now, self.mark)])
+            self.train = [t + d for t, d in zip(self.train, self.intervals[-1])]
+            if probe is not None and self.crossed is None and state.global_step % every == 0:
+                self.probe(model, state.global_step, now)
+            self.mark = clocks()
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            now = clocks()
+            self.points["train_end"] = self.elapsed(now)
+            if probe is not None and self.crossed is None and state.global_step % every != 0:
+                self.probe(model, state.global_step, now)
+
+        def probe(self, model, step: int, now) -> None:
+            point = {"step": step, **self.elapsed(now), "accuracy": probe(model)}
+            done = clocks()
+            self.excluded = [e + d - n for e, d, n in zip(self.excluded, done, now)]
+            self.trajectory.append(point)
+            if target is not None and point["accuracy"] >= target:
+                self.crossed = point
+
+        def report(self) -> dict:
+            return {**self.points, "train": {"wall_s": self.train[0], "cpu_s": self.train[1]},
+                    "excluded": {"wall_s": self.excluded[0], "cpu_s": self.excluded[1]}, "intervals": self.intervals}  # fmt: skip
+
+    return BenchCallback()
+
+
+def accuracy_probe(model_path: str, test, max_length: int, batch_size: int = 64):
+    """``probe(model) -> test accuracy``: eval mode, no grad, dynamic padding, RNG and train flag restored."""
+    import torch
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    enc = test.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
+                   remove_columns=["text"])  # fmt: skip
+    collate = DataCollatorWithPadding(tokenizer)
+    rows = [enc[i] for i in range(len(enc))]
+    batches = [collate(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+    def probe(model) -> float:
+        was_training, correct = model.training, 0
+        model.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng():
+                for b in batches:
+                    labels = b.pop("labels")
+                    correct += int((model(**b).logits.argmax(-1) == labels).sum())
+                    b["labels"] = labels
+        finally:
+            model.train(was_training)
+        return correct / len(rows)
+
+    return probe
