@@ -44,7 +44,9 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind, _ = _base_type(hints[f.name])
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {f.default})"
         if kind is bool:
             action = argparse.BooleanOptionalAction
             parser.add_argument(flag, dest=f.name, action=action, default=argparse.SUPPRESS, help=help_text)
@@ -245,6 +247,8 @@ def _one_line_warnings(command: str):
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)  # shown once each by `show`, not once per code location
+        # transformers 5 calls its own deprecated property while training: nothing for the user to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         warnings.showwarning = show
         yield
 
