@@ -75,3 +75,11 @@ def test_every_method_maps_to_valid_train_options(tmp_path):
         run = cfg.run_config(method, 1e-4, 0)
         assert run.learning_rate == 1e-4
         assert run.loraplus_lr_ratio == (16.0 if method.startswith("loraplus") else 1.0)
+
+
+def test_steps_to_target_median_counts_a_seed_that_never_reached_it_as_infinite():
+    from loraplus.experiments.compare import _censored_median
+
+    assert _censored_median([10, 30, None]) == 30.0
+    assert _censored_median([10, None, None]) is None
+    assert _censored_median([20, 40]) == 30.0

@@ -479,3 +479,17 @@ def test_checkpoints_and_adapter_are_safetensors(tiny_bert_dir, tiny_csv, tmp_pa
         assert not names & {"adapter_model.bin", "pytorch_model.bin", "model.pt"}, names
         assert finite_checkpoint(folder)
     assert not math.isnan(json.loads((out / "metrics.json").read_text())["test"]["loss"])
+
+
+def test_atomic_files_get_the_mode_open_would_give(tmp_path):
+    import os
+    import stat
+
+    from loraplus.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644

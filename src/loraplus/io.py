@@ -23,6 +23,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> str:
     """Let ``write(tmp)`` fill a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
 
@@ -34,6 +40,7 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> str:
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
