@@ -223,20 +223,6 @@ def causal_metrics(eval_pred) -> dict[str, float]:
 # ---------------------------------------------------------------- trainer
 
 
-def _limit_samples(splits, cfg: TrainConfig):
-    """A new DatasetDict with ``max_train_samples``/``max_eval_samples`` applied; checks train >= one batch."""
-    import datasets
-
-    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    out = datasets.DatasetDict({
-        name: split.select(range(min(limits[name], len(split)))) if limits.get(name) is not None else split
-        for name, split in splits.items()
-    })  # fmt: skip
-    if len(out["train"]) < cfg.batch_size:
-        raise ValueError(f"the training split has {len(out['train'])} examples, fewer than batch_size={cfg.batch_size}")
-    return out
-
-
 def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
     """Load the causal LM at ``path``, inject LoRA, build the answer format, and return
     ``(trainer, tokenizer, tokenized splits)`` like ``loraplus.train.build_trainer``.
@@ -256,7 +242,7 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
     from .hf import LoraPlusTrainer
     from .models import apply_lora, model_max_length
     from .safety import check_lora_init
-    from .train import _training_arguments, peft_optimizer
+    from .train import _training_arguments, limit_samples, peft_optimizer
 
     transformers.set_seed(cfg.seed)
     tokenizer, model = load_causal_lm(path, trust_remote_code=cfg.trust_remote_code)
@@ -266,7 +252,7 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
     model = apply_lora(model, cfg.lora(), task_type="CAUSAL_LM")
     check_lora_init(model)  # fresh adapters only: warns if both factors start non-zero
     fmt = answer_format(tokenizer, data.label_names)
-    tokenized = tokenize_causal(_limit_samples(data.splits, cfg), tokenizer, fmt, cfg.max_length)
+    tokenized = tokenize_causal(limit_samples(data.splits, cfg), tokenizer, fmt, cfg.max_length)
     trainer = LoraPlusTrainer(
         model=model,
         optimizers=(peft_optimizer(cfg, model), None),  # None: LoRA+ groups (create_optimizer)

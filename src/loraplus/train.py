@@ -71,23 +71,31 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(labels, preds)), "macro_f1": float(f1_score(labels, preds, average="macro"))}
 
 
+def limit_samples(splits, cfg: TrainConfig):
+    """A new DatasetDict with ``max_train_samples``/``max_eval_samples`` applied.
+
+    Raises:
+        ValueError: the training split is smaller than one batch.
+    """
+    import datasets
+
+    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    out = datasets.DatasetDict({
+        name: split.select(range(min(limits[name], len(split)))) if limits.get(name) is not None else split
+        for name, split in splits.items()
+    })  # fmt: skip
+    if len(out["train"]) < cfg.batch_size:
+        raise ValueError(f"the training split has {len(out['train'])} examples, fewer than batch_size={cfg.batch_size}")
+    return out
+
+
 def _tokenize(data, tokenizer, cfg: TrainConfig):
-    """Tokenize the splits (no padding: batches are padded dynamically) and apply the sample limits."""
-    splits = data.splits
-    if cfg.max_train_samples is not None:
-        splits["train"] = splits["train"].select(range(min(cfg.max_train_samples, len(splits["train"]))))
-    for name in ("validation", "test"):
-        if cfg.max_eval_samples is not None:
-            splits[name] = splits[name].select(range(min(cfg.max_eval_samples, len(splits[name]))))
-    if len(splits["train"]) < cfg.batch_size:
-        raise ValueError(
-            f"the training split has {len(splits['train'])} examples, fewer than batch_size={cfg.batch_size}"
-        )
+    """Tokenize the splits (no padding: batches are padded dynamically) after the sample limits."""
 
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
 
-    return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+    return limit_samples(data.splits, cfg).map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
 
 
 def _training_arguments(cfg: TrainConfig, out: Path):

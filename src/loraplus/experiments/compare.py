@@ -12,7 +12,6 @@ takes lr_B = λ · lr, and ``lorafa`` where PEFT's optimizer gives every trainab
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 
 from ..config import TrainConfig, _opt
 from ..io import atomic_write_json, atomic_write_text, save_figure
-from .runner import RunSpec, run_all
+from .runner import RunSpec, run_all, run_config
 
 __all__ = ["METHODS", "CompareConfig", "run_compare", "steps_to_target"]
 
@@ -72,16 +71,11 @@ class CompareConfig(TrainConfig):
             raise ValueError(f"jobs must be >= 1, got {self.jobs!r}")
 
     def run_config(self, method: str, lr: float, seed: int) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        options = {k: v for k, v in self.to_dict().items() if k in fields}
-        for key, value in METHODS[method].items():
-            options[key] = self.ratio if value == "RATIO" else value
+        options = {key: self.ratio if value == "RATIO" else value for key, value in METHODS[method].items()}
         if METHODS[method].get("loraplus_lr_other") == "RATIO":
             options["loraplus_lr_other"] = lr * self.ratio
         folder = Path(self.output_dir) / "runs" / method / f"lr{lr:.3g}_seed{seed}"
-        options.update(learning_rate=lr, seed=seed, output_dir=str(folder), overwrite=False, resume=False,
-                       save_checkpoints=False)  # fmt: skip
-        return TrainConfig(**options)
+        return run_config(self, **options, learning_rate=lr, seed=seed, output_dir=str(folder))
 
 
 def _spec(cfg: CompareConfig, method: str, lr: float, seed: int) -> RunSpec:

@@ -8,6 +8,7 @@ cores stay busy without oversubscription.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,7 +21,16 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..io import atomic_write_text
 
-__all__ = ["RunSpec", "run_all"]
+__all__ = ["RunSpec", "run_all", "run_config"]
+
+
+def run_config(options, **overrides) -> TrainConfig:
+    """The ``TrainConfig`` part of a sweep/compare config (``options``), with ``overrides``; one run of many
+    never overwrites or resumes and saves no checkpoints (a finished run is kept, an unfinished one restarts)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = {k: v for k, v in options.to_dict().items() if k in fields}
+    base.update(overwrite=False, resume=False, save_checkpoints=False, **overrides)
+    return TrainConfig(**base)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ never run again, so an interrupted sweep resumes.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 
 from ..config import TrainConfig, _opt
 from ..io import atomic_write_json, atomic_write_text, save_figure
-from .runner import RunSpec, run_all
+from .runner import RunSpec, run_all, run_config
 
 __all__ = ["SweepConfig", "plot_heatmap", "run_sweep", "summarize_grid"]
 
@@ -68,16 +67,11 @@ class SweepConfig(TrainConfig):
         )
 
     def cell_config(self, lr_a: float, lr_b: float, seed: int) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        base = {k: v for k, v in self.to_dict().items() if k in fields}
         folder = Path(self.output_dir) / "cells" / f"lrA{lr_a:.3g}_lrB{lr_b:.3g}_seed{seed}"
-        base.update(
-            learning_rate=float(lr_a), loraplus_lr_ratio=float(lr_b / lr_a), seed=seed, output_dir=str(folder),
-            overwrite=False, resume=False, save_checkpoints=False,
-        )  # fmt: skip
         with warnings.catch_warnings():  # cells below the diagonal have ratio < 1 on purpose
             warnings.simplefilter("ignore", UserWarning)
-            return TrainConfig(**base)
+            return run_config(self, learning_rate=float(lr_a), loraplus_lr_ratio=float(lr_b / lr_a), seed=seed,
+                              output_dir=str(folder))  # fmt: skip
 
 
 def summarize_grid(rows: list[dict], lr_a: np.ndarray, lr_b: np.ndarray, metric: str) -> dict:
