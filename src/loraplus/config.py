@@ -135,7 +135,9 @@ def coerce(name: str, value, hint):
     kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(t, (str, int)) for t in items):
+        if not isinstance(items, (list, tuple)) or not all(
+            isinstance(t, (str, int, float)) and not isinstance(t, bool) for t in items
+        ):  # YAML reads 3e-4 as a string but 2.7e-3 as a float: both are fine in a list of lrs
             raise ValueError(f"{name} must be a list or a comma-separated string, got {value!r}")
         return tuple(str(t).strip() for t in items if str(t).strip())
     if kind is bool:
