@@ -25,13 +25,12 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
 
 
 def _base_type(annotation):
-    """(type, optional) from a field annotation such as ``float | None``."""
+    """The type inside a field annotation such as ``float | None`` (``float``)."""
     hint = annotation
     args = typing.get_args(hint)
-    optional = type(None) in args
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in args if a is not type(None))
-    return hint, optional
+    return hint
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -43,7 +42,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kind, _ = _base_type(hints[f.name])
+        kind = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:
             help_text += f" (default: {f.default})"

@@ -36,10 +36,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output_dir {str(out)!r} is a file, not a folder; choose another --output-dir")
     finished = (out / "metrics.json").exists()
-    started = any((out / "checkpoints").glob("checkpoint-*")) or (out / "adapter").exists()
+    has_checkpoint = any((out / "checkpoints").glob("checkpoint-*"))
+    started = has_checkpoint or (out / "adapter").exists()
     if resume and finished:
         raise FileExistsError(f"output_dir {str(out)!r} holds a finished run (metrics.json): nothing to resume")
-    if resume and not any((out / "checkpoints").glob("checkpoint-*")):
+    if resume and not has_checkpoint:
         raise FileNotFoundError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}")
     if (finished or started) and not (overwrite or resume):
         what = "a finished run (metrics.json)" if finished else "an unfinished run (checkpoints/adapter)"

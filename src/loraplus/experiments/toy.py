@@ -14,9 +14,8 @@ Source: Hayou et al. 2024, Sec. 3.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
