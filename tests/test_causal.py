@@ -20,45 +20,7 @@ from loraplus.causal import (
 )
 from loraplus.config import TrainConfig
 
-from conftest import WORDS
-
-SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-PROMPT_WORDS = "classify this text as one of answer : , .".split()
-
-
-def make_tokenizer(extra_words=()):
-    """A lower-casing word-level tokenizer that adds BOS (``<s>``) like Llama's; EOS ``</s>``, pad ``<pad>``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for ws in WORDS.values() for w in ws.split()} | set(WORDS) | set(PROMPT_WORDS) | set(extra_words))
-    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory):
-    """A 2-layer Llama (hidden 32, tied embeddings) with random weights and the word-level tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = make_tokenizer()
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    return folder
-
+from conftest import make_tokenizer
 
 # ---------------------------------------------------------------- prompt / answer masking
 

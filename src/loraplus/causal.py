@@ -223,8 +223,8 @@ def causal_metrics(eval_pred) -> dict[str, float]:
 # ---------------------------------------------------------------- trainer
 
 
-def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
-    """Load the causal LM at ``path``, inject LoRA, build the answer format, and return
+def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None):
+    """Load the causal LM at ``path``, inject LoRA (or load ``adapter``), build the answer format, and return
     ``(trainer, tokenizer, tokenized splits)`` like ``loraplus.train.build_trainer``.
 
     LoRA uses ``task_type="CAUSAL_LM"`` (Llama's PEFT default targets: q_proj, v_proj); nothing else trains
@@ -240,8 +240,7 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
     from transformers import DataCollatorForSeq2Seq
 
     from .hf import LoraPlusTrainer
-    from .models import apply_lora, model_max_length
-    from .safety import check_lora_init
+    from .models import attach_lora, model_max_length
     from .train import _training_arguments, limit_samples, peft_optimizer
 
     transformers.set_seed(cfg.seed)
@@ -249,13 +248,12 @@ def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks
     limit = model_max_length(tokenizer, model)
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
-    model = apply_lora(model, cfg.lora(), task_type="CAUSAL_LM")
-    check_lora_init(model)  # fresh adapters only: warns if both factors start non-zero
+    model = attach_lora(model, cfg.lora(), "CAUSAL_LM", adapter)
     fmt = answer_format(tokenizer, data.label_names)
     tokenized = tokenize_causal(limit_samples(data.splits, cfg), tokenizer, fmt, cfg.max_length)
     trainer = LoraPlusTrainer(
         model=model,
-        optimizers=(peft_optimizer(cfg, model), None),  # None: LoRA+ groups (create_optimizer)
+        optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: LoRA+ groups
         args=_training_arguments(cfg, out),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],

@@ -124,7 +124,31 @@ def _cmd_ratio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .adapters import EvaluateCommand, evaluate_text
+
+    print(evaluate_text(dataclass_from_args(EvaluateCommand, args).run()))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .adapters import MergeCommand
+
+    result = dataclass_from_args(MergeCommand, args).run()
+    print(
+        f"merged {result['model_class']} ({result['num_parameters'] / 1e6:.1f} M parameters) -> {result['out']}\n"
+        f"largest |merged - adapter| logit on a probe batch: {result['max_abs_diff']:.2e}"
+    )
+    if "float64_error_merged" in result:
+        print(
+            f"above 1e-5 by float32 rounding: against the float64 adapter model the merged model is off by "
+            f"{result['float64_error_merged']:.2e}, the float32 adapter model by {result['float64_error_adapter']:.2e}"
+        )
+    return 0
+
+
 def _config_classes() -> dict:
+    from .adapters import EvaluateCommand, MergeCommand
     from .config import TrainConfig
     from .experiments.compare import CompareConfig
     from .experiments.sweep import SweepConfig
@@ -133,7 +157,7 @@ def _config_classes() -> dict:
     from .ratio import RatioCommand
 
     return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "toy": ToyCommand,
-            "ratio": RatioCommand}  # fmt: skip
+            "ratio": RatioCommand, "evaluate": EvaluateCommand, "merge": MergeCommand}  # fmt: skip
 
 
 COMMANDS = {
@@ -169,6 +193,18 @@ COMMANDS = {
         "Print a recommended loraplus_lr_ratio with its reasoning: a rule from the model's width (exponent "
         "measured on the toy model), and with --probe a short run per candidate ratio that finds where A and B "
         "change the output equally (feature-learning monitor).",
+    ),
+    "evaluate": (
+        _cmd_evaluate,
+        "metrics of a trained adapter on the run's test (or validation) split, or on other data",
+        "Load the run's base model with its adapter, rebuild the run's data split (same dataset, fractions, seed), "
+        "and print its metrics; on the run's own split they reproduce metrics.json.",
+    ),
+    "merge": (
+        _cmd_merge,
+        "fold a trained adapter into its base model: one standalone safetensors model",
+        "Merge W + (lora_alpha / r) · B A into every adapted layer, save the model, config and tokenizer to --out, "
+        "and check that the saved model's outputs equal the adapter model's within 1e-5 before putting it in place.",
     ),
 }
 

@@ -13,6 +13,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "LoraOptions",
     "apply_lora",
+    "attach_lora",
     "check_target_modules",
     "gguf_model_folder",
     "load_sequence_classifier",
@@ -154,6 +155,27 @@ def apply_lora(model, options: LoraOptions, task_type: str = "SEQ_CLS"):
         raise ValueError(
             f"{err} Give --target-modules; adaptable modules: {', '.join(_adaptable_names(model))}"
         ) from None
+
+
+def attach_lora(model, options: LoraOptions, task_type: str, adapter: str | None = None):
+    """Fresh LoRA for training (``apply_lora``, then ``safety.check_lora_init``), or, with ``adapter``, the saved
+    PEFT adapter folder at ``adapter`` loaded frozen (``PeftModel.from_pretrained``) for evaluation or merging.
+
+    Raises:
+        ValueError: see ``apply_lora``; an adapter folder PEFT cannot load (names the folder).
+    """
+    if adapter is None:
+        from .safety import check_lora_init
+
+        peft_model = apply_lora(model, options, task_type)
+        check_lora_init(peft_model)  # fresh adapters only: warns if both factors start non-zero
+        return peft_model
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (ValueError, KeyError, RuntimeError, OSError) as err:  # missing files, wrong base, shape mismatch
+        raise ValueError(f"cannot load the adapter {adapter!r} onto {type(model).__name__}: {err}") from None
 
 
 def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_code: bool = False):

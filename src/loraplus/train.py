@@ -133,26 +133,28 @@ def _training_arguments(cfg: TrainConfig, out: Path):
     )
 
 
-def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=()):
-    """Load the model at ``path``, inject LoRA, tokenize, and return ``(trainer, tokenizer, tokenized splits)``."""
+def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None):
+    """Load the model at ``path``, inject LoRA, tokenize, and return ``(trainer, tokenizer, tokenized splits)``.
+
+    With ``adapter`` (a saved PEFT adapter folder) that adapter is loaded frozen instead of fresh LoRA: a trainer
+    for ``evaluate()`` only (``loraplus evaluate``).
+    """
     import transformers
     from transformers import DataCollatorWithPadding
 
     from .hf import LoraPlusTrainer
-    from .models import apply_lora, load_sequence_classifier, model_max_length
-    from .safety import check_lora_init
+    from .models import attach_lora, load_sequence_classifier, model_max_length
 
     transformers.set_seed(cfg.seed)
     tokenizer, model = load_sequence_classifier(path, data.label_names, trust_remote_code=cfg.trust_remote_code)
     limit = model_max_length(tokenizer, model)
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
-    model = apply_lora(model, cfg.lora())
-    check_lora_init(model)  # fresh adapters only: warns if both factors start non-zero
+    model = attach_lora(model, cfg.lora(), "SEQ_CLS", adapter)
     tokenized = _tokenize(data, tokenizer, cfg)
     trainer = LoraPlusTrainer(
         model=model,
-        optimizers=(peft_optimizer(cfg, model), None),
+        optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),
         args=_training_arguments(cfg, out),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],

@@ -1,0 +1,323 @@
+"""Use a trained adapter: ``loraplus evaluate`` (metrics of a saved adapter) and ``loraplus merge`` (one
+standalone model with the LoRA update folded into the weights, W + (lora_alpha / r) · B A).
+
+Both take the run folder that ``loraplus train`` wrote, or its ``adapter/`` folder: the run's ``config.json``
+gives the task, base model, labels, data options and seed, so the same splits come back. ``merge`` also takes a
+plain PEFT adapter folder (no run folder around it): the base model comes from ``adapter_config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig, _opt, coerce_fields
+from .io import atomic_dir, atomic_write_json
+
+__all__ = ["EvaluateCommand", "MergeCommand", "RunFolder", "evaluate_adapter", "find_run", "merge_adapter"]
+
+logger = logging.getLogger("loraplus")
+
+SPLITS = ("test", "validation")
+MERGE_ATOL = 1e-5  # largest |merged - adapter| output allowed in float32 (issue 5)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where an adapter lives and what its run recorded.
+
+    Attributes:
+        adapter: the PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        config: the run's ``TrainConfig`` (``None`` for a plain PEFT adapter).
+        labels: class names per label id (``None`` for a plain PEFT adapter).
+        model_path: the base model the adapter was trained on (a folder or hub id).
+        task_type: PEFT's ``task_type`` of the adapter (``SEQ_CLS``, ``CAUSAL_LM``, ...).
+        metrics: the run's ``metrics.json`` (``None`` when absent).
+    """
+
+    adapter: Path
+    config: TrainConfig | None
+    labels: list[str] | None
+    model_path: str
+    task_type: str | None
+    metrics: dict | None
+
+
+def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
+    """Read the run folder (or adapter folder) at ``path``.
+
+    The base model is ``base_model`` if given, else the run's recorded model folder, else (that folder gone, e.g.
+    on another machine) the run's ``model`` option resolved again, else ``adapter_config.json``'s
+    ``base_model_name_or_path``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or holds no ``adapter_config.json`` (itself or in ``adapter/``).
+        ValueError: an unreadable ``config.json``/``adapter_config.json``.
+    """
+    from .models import resolve_model
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"adapter {str(root)!r} does not exist")
+    if (root / "adapter_config.json").is_file():
+        adapter, run = root, root.parent
+    elif (root / "adapter" / "adapter_config.json").is_file():
+        adapter, run = root / "adapter", root
+    else:
+        raise FileNotFoundError(
+            f"no adapter_config.json in {str(root)!r} or {str(root / 'adapter')!r}: give a run folder of "
+            "`loraplus train` or a PEFT adapter folder"
+        )
+    adapter_config = _read_json(adapter / "adapter_config.json")
+    run_info = _read_json(run / "config.json") if (run / "config.json").is_file() else None
+    if run_info is not None and "config" not in run_info:
+        run_info = None  # a config.json of something else (e.g. a model folder), not a loraplus run
+    cfg = labels = None
+    model_path = adapter_config.get("base_model_name_or_path")
+    if run_info is not None:
+        options = {k: v for k, v in run_info["config"].items() if k in TrainConfig.__dataclass_fields__}
+        cfg = TrainConfig(**{**options, "overwrite": False, "resume": False})
+        labels = list(run_info.get("labels") or []) or None
+        recorded = run_info.get("model_path") or model_path
+        model_path = recorded if recorded and Path(recorded).expanduser().exists() else resolve_model(cfg.model)
+    if base_model is not None:
+        model_path = resolve_model(base_model)
+    if not model_path:
+        raise ValueError(f"{str(adapter / 'adapter_config.json')!r} names no base model; give --base-model")
+    metrics = _read_json(run / "metrics.json") if run_info is not None and (run / "metrics.json").is_file() else None
+    return RunFolder(adapter, cfg, labels, str(model_path), adapter_config.get("task_type"), metrics)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {str(path)!r}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} does not hold a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True)
+class EvaluateCommand:
+    """Options of ``loraplus evaluate``."""
+
+    adapter: str = _opt("", "run folder of `loraplus train` (or its adapter/ folder)")
+    split: str = _opt("test", "split to evaluate: test or validation")
+    dataset: str | None = _opt(None, "data to evaluate on (default: the run's; same label names required)")
+    text_column: str | None = _opt(None, "text column of a file dataset (default: the run's)")
+    label_column: str | None = _opt(None, "label column of a file dataset (default: the run's)")
+    max_eval_samples: int | None = _opt(None, "evaluate the first N examples of the split (default: the run's limit)")
+    eval_batch_size: int | None = _opt(None, "evaluation batch size (default: the run's)")
+    base_model: str | None = _opt(None, "base model folder or hub id (default: the one the run recorded)")
+    output: str | None = _opt(None, "also write the metrics to this JSON file")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not self.adapter.strip():
+            raise ValueError("give --adapter RUN_FOLDER (a run of `loraplus train` or its adapter/ folder)")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+
+    def run(self) -> dict:
+        return evaluate_adapter(self)
+
+
+def evaluate_adapter(cmd: EvaluateCommand) -> dict:
+    """Metrics of a saved adapter on the run's data split (or another dataset with the same labels).
+
+    The split is rebuilt from the run's dataset, fractions and seed, so ``split="test"`` reproduces the test
+    metrics that ``loraplus train`` wrote to ``metrics.json`` (same numbers; tested).
+
+    Returns:
+        ``{"split", "metrics": {accuracy, macro_f1, loss, ...}, "num_examples", "adapter", "matches_run"}``;
+        ``matches_run`` is the largest |difference| from the run's ``metrics.json`` for the same split and data,
+        or ``None`` when there is nothing to compare with.
+
+    Raises:
+        FileNotFoundError, ValueError: see ``find_run``; a folder without the run's ``config.json``; a dataset
+            whose label names differ from the run's (the head's outputs would mean other classes).
+    """
+    from .causal import build_causal_trainer
+    from .data import load_classification_data
+    from .train import _split_metrics, build_trainer
+
+    run = find_run(cmd.adapter, cmd.base_model)
+    if run.config is None:
+        raise ValueError(
+            f"{str(run.adapter)!r} has no run config.json beside it: `loraplus evaluate` needs a run folder of "
+            "`loraplus train` (task, labels and data split come from it)"
+        )
+    changes = {k: getattr(cmd, k) for k in ("dataset", "text_column", "label_column", "max_eval_samples",
+                                            "eval_batch_size") if getattr(cmd, k) is not None}  # fmt: skip
+    cfg = TrainConfig(**{**run.config.to_dict(), **changes})
+    data = load_classification_data(
+        cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
+        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+    )  # fmt: skip
+    if run.labels is not None and list(data.label_names) != run.labels:
+        raise ValueError(f"dataset {cfg.dataset!r} has labels {data.label_names}, the adapter was trained on {run.labels}")
+    build = build_causal_trainer if cfg.task == "causal-lm" else build_trainer
+    with tempfile.TemporaryDirectory(prefix="loraplus-evaluate-") as tmp:  # the Trainer's output_dir; nothing kept
+        trainer, _, tokenized = build(cfg, run.model_path, Path(tmp), data, adapter=str(run.adapter))
+        raw = trainer.evaluate(tokenized[cmd.split], metric_key_prefix=cmd.split)
+    metrics = _split_metrics(raw, cmd.split)
+    result = {"adapter": str(run.adapter), "split": cmd.split, "dataset": cfg.dataset,
+              "num_examples": len(tokenized[cmd.split]), "metrics": metrics, "matches_run": None}  # fmt: skip
+    same_data = not changes.keys() - {"eval_batch_size"}
+    recorded = (run.metrics or {}).get(cmd.split)
+    if same_data and recorded:
+        shared = [k for k in metrics if k in recorded]
+        result["matches_run"] = max(abs(metrics[k] - recorded[k]) for k in shared) if shared else None
+    if cmd.output:
+        atomic_write_json(Path(cmd.output).expanduser(), result)
+    return result
+
+
+def evaluate_text(result: dict) -> str:
+    """One line of metrics, and how they compare with the run's ``metrics.json``."""
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact-match", "perplexity": "perplexity",
+             "loss": "loss"}  # fmt: skip
+    shown = "  ".join(f"{name} {result['metrics'][k]:.4f}" for k, name in names.items() if k in result["metrics"])
+    line = f"{result['split']} ({result['num_examples']} examples of {result['dataset']}): {shown}"
+    if result["matches_run"] is not None:
+        line += f"\nlargest difference from the run's metrics.json: {result['matches_run']:.2e}"
+    return line
+
+
+# ---------------------------------------------------------------- merge
+
+
+@dataclass(frozen=True)
+class MergeCommand:
+    """Options of ``loraplus merge``."""
+
+    adapter: str = _opt("", "run folder of `loraplus train`, its adapter/ folder, or a PEFT adapter folder")
+    out: str = _opt("", "folder of the merged model (safetensors, config, tokenizer); must not exist")
+    overwrite: bool = _opt(False, "replace an existing --out folder")
+    base_model: str | None = _opt(None, "base model folder or hub id (default: the one the run recorded)")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not self.adapter.strip():
+            raise ValueError("give --adapter RUN_FOLDER (a run of `loraplus train`, or a PEFT adapter folder)")
+        if not self.out.strip():
+            raise ValueError("give --out FOLDER for the merged model")
+
+    def run(self) -> dict:
+        return merge_adapter(self)
+
+
+def merge_adapter(cmd: MergeCommand) -> dict:
+    """Fold the adapter into its base model and save one standalone model (``model.safetensors``).
+
+    PEFT's ``merge_and_unload`` computes W + (lora_alpha / r) · B A (DoRA: its merged weight) in float32. The
+    saved model is checked before it is put in place: reloaded from disk, its logits on 4 × 32 random token ids
+    must equal the adapter model's within ``MERGE_ATOL`` (1e-5). Deep models miss that bound by float32 rounding
+    alone (SmolLM2-135M: the float32 adapter model itself is 4.8e-3 from its float64 logits), so a larger
+    difference passes only if the merged model is no farther from the float64 adapter model than the float32
+    adapter model is (+ 1e-5): the merge then loses nothing that float32 had. The folder appears only after the
+    check (written to a temporary folder, then renamed). Load it with ``AutoModelFor...from_pretrained(out)``.
+
+    Returns:
+        ``{"out", "max_abs_diff", "model_class", "num_parameters"}``, plus ``"float64_error_merged"`` and
+        ``"float64_error_adapter"`` (max |logit - float64 logit|) when the float64 comparison was needed.
+
+    Raises:
+        FileNotFoundError, ValueError: see ``find_run``; an unknown adapter task type; ``out`` holding the adapter.
+        FileExistsError: ``out`` exists and ``overwrite`` is off.
+        ValueError: the merged model fails the check (nothing is written).
+    """
+    import torch
+
+    out = Path(cmd.out).expanduser()
+    if out.exists() and not cmd.overwrite:
+        raise FileExistsError(f"--out {str(out)!r} exists; pass --overwrite to replace it or choose another folder")
+    run = find_run(cmd.adapter, cmd.base_model)
+    if run.adapter.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {str(out)!r} holds the adapter itself; choose a folder outside the run")
+    auto_class, tokenizer, model = _adapter_model(run, torch.float32)
+    probe = _probe_inputs(model)
+    with torch.no_grad():
+        expected = model(**probe).logits
+        merged = model.merge_and_unload()
+    result = {"out": str(out), "model_class": type(merged).__name__,
+              "num_parameters": sum(p.numel() for p in merged.parameters())}  # fmt: skip
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        del merged, model
+        reloaded = auto_class.from_pretrained(tmp, dtype=torch.float32).eval()
+        with torch.no_grad():
+            got = reloaded(**probe).logits
+        del reloaded
+        result["max_abs_diff"] = diff = float((got - expected).abs().max())
+        if not diff <= MERGE_ATOL:  # also catches NaN: then compare both with the float64 adapter model
+            with torch.no_grad():
+                truth = _adapter_model(run, torch.float64)[2](**probe).logits
+            result["float64_error_merged"] = float((got.double() - truth).abs().max())
+            result["float64_error_adapter"] = float((expected.double() - truth).abs().max())
+            if not result["float64_error_merged"] <= result["float64_error_adapter"] + MERGE_ATOL:
+                raise ValueError(
+                    f"the merged model's outputs differ from the adapter's by {diff:.3g} (> {MERGE_ATOL:g}) and are "
+                    f"{result['float64_error_merged']:.3g} from the float64 adapter model, against "
+                    f"{result['float64_error_adapter']:.3g} for the float32 adapter model; nothing written"
+                )
+    return result
+
+
+def _adapter_model(run: RunFolder, dtype):
+    """``(auto class, tokenizer, PeftModel in eval mode)``: the base model with the adapter loaded, in ``dtype``."""
+    from peft import PeftModel
+
+    auto_class, tokenizer, base = _load_base(run)
+    model = PeftModel.from_pretrained(base.to(dtype), str(run.adapter)).eval()
+    return auto_class, tokenizer, model.to(dtype)
+
+
+def _load_base(run: RunFolder):
+    """``(auto class, tokenizer, base model)`` in float32 for the adapter's task."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .causal import load_causal_lm
+    from .models import load_sequence_classifier
+
+    task = run.config.task if run.config is not None else {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}.get(
+        run.task_type or ""
+    )
+    remote = run.config.trust_remote_code if run.config is not None else False
+    if task == "causal-lm":
+        tokenizer, model = load_causal_lm(run.model_path, trust_remote_code=remote)
+        return AutoModelForCausalLM, tokenizer, model
+    if task == "classification":
+        labels = run.labels or [f"LABEL_{i}" for i in range(_head_outputs(run.adapter))]
+        tokenizer, model = load_sequence_classifier(run.model_path, labels, trust_remote_code=remote)
+        return AutoModelForSequenceClassification, tokenizer, model
+    raise ValueError(f"adapter task_type {run.task_type!r} is not supported by merge (SEQ_CLS or CAUSAL_LM)")
+
+
+def _head_outputs(adapter: Path) -> int:
+    """Number of classes of a plain PEFT SEQ_CLS adapter: rows of its saved head (``classifier``/``score``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
+                return int(f.get_slice(key).get_shape()[0])
+    raise ValueError(f"{str(adapter)!r}: a SEQ_CLS adapter without a saved head; give a run folder of loraplus train")
+
+
+def _probe_inputs(model) -> dict:
+    """4 × 32 token ids drawn with a fixed seed from the first 1000 ids (no special meaning needed)."""
+    import torch
+
+    vocab = min(int(model.config.vocab_size), 1000)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (4, 32), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
