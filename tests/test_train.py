@@ -194,3 +194,38 @@ def test_monitor_option_writes_feature_learning_json_and_plot(tiny_bert_dir, tin
     assert (out / "feature_learning.png").stat().st_size > 0
     logged = [row for row in json.loads((out / "log_history.json").read_text()) if "fl/delta_B" in row]
     assert logged, "monitor values reach the Trainer's log history"
+
+
+def test_report_to_csv_and_tensorboard_write_into_the_run_folder(tiny_bert_dir, tiny_csv, tmp_path):
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_train(tiny_config(tiny_bert_dir, tiny_csv, out, report_to="csv,tensorboard"))
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    history = json.loads((out / "log_history.json").read_text())
+    losses = [(row["step"], row["loss"]) for row in history if "loss" in row]
+    assert [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "loss"] == losses  # steps 3, 6, 9, 12
+    assert {r["name"] for r in rows} >= {"loss", "learning_rate", "eval_accuracy", "eval_loss"}
+    events = EventAccumulator(str(next((out / "tensorboard").glob("events.out.tfevents.*")))).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [3, 6, 9, 12]
+    assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(history[-2]["eval_accuracy"])
+    # --overwrite starts both logs afresh
+    run_train(tiny_config(tiny_bert_dir, tiny_csv, out, report_to="csv", overwrite=True, max_steps=3, eval_steps=3))
+    assert [r["step"] for r in csv.DictReader((out / "log.csv").open()) if r["name"] == "loss"] == ["3"]
+    assert not (out / "tensorboard").exists()
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("tensorbord", "report_to must be among none, csv, azure_ml"),
+        ("none,csv", "report_to 'none' cannot be combined with others, got 'none,csv'"),
+        ("wandb", "report_to 'wandb' needs its package, which is not installed: pip install wandb"),
+        ("", "report_to is empty"),
+    ],
+)
+def test_report_to_is_checked_before_loading(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(report_to=value)

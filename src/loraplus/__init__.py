@@ -1,7 +1,7 @@
 """loraplus: LoRA+ (Hayou, Ghosh, Yu, ICML 2024) for PEFT, Hugging Face and plain PyTorch.
 
 The core (``loraplus_param_groups``, ``create_loraplus_optimizer``, ``describe_groups``) imports torch only;
-``LoraPlusTrainer`` and ``LoraPlusTrainingArguments`` load transformers on first use.
+``LoraPlusTrainer``, ``LoraPlusMixin`` and ``LoraPlusTrainingArguments`` load transformers on first use.
 """
 
 from .groups import LoraPair, LoraPlusConfig, find_lora_pairs, loraplus_param_groups
@@ -13,6 +13,7 @@ __all__ = [
     "FeatureLearningMonitor",
     "LoraPair",
     "LoraPlusConfig",
+    "LoraPlusMixin",
     "LoraPlusTrainer",
     "LoraPlusTrainingArguments",
     "create_loraplus_optimizer",
@@ -23,7 +24,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("LoraPlusTrainer", "LoraPlusTrainingArguments"):
+    if name in ("LoraPlusMixin", "LoraPlusTrainer", "LoraPlusTrainingArguments"):
         from . import hf
 
         return getattr(hf, name)

@@ -79,7 +79,7 @@ def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
     model_path = adapter_config.get("base_model_name_or_path")
     if run_info is not None:
         options = {k: v for k, v in run_info["config"].items() if k in TrainConfig.__dataclass_fields__}
-        cfg = TrainConfig(**{**options, "overwrite": False, "resume": False})
+        cfg = TrainConfig(**{**options, "overwrite": False, "resume": False, "report_to": ("none",)})
         labels = list(run_info.get("labels") or []) or None
         recorded = run_info.get("model_path") or model_path
         model_path = recorded if recorded and Path(recorded).expanduser().exists() else resolve_model(cfg.model)

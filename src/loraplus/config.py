@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .groups import LoraPlusConfig, as_float
 from .models import LoraOptions
 
-__all__ = ["OPTIMIZERS", "TASKS", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "TASKS", "TrainConfig", "check_report_to"]
 
 OPTIMIZERS = ("loraplus", "lorafa", "riemannian")
 TASKS = {"classification": "minilm-l6", "causal-lm": "smollm2-135m"}  # task -> default model
@@ -67,6 +67,9 @@ class TrainConfig:
     max_train_samples: int | None = _opt(None, "use only the first N training examples (after shuffling)")
     max_eval_samples: int | None = _opt(None, "use only the first N validation and test examples")
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
+    report_to: tuple[str, ...] = _opt(("none",), "where the training logs also go, comma-separated: none, csv "
+                                      "(output_dir/log.csv as it trains), tensorboard (output_dir/tensorboard), or "
+                                      "another transformers integration (wandb, mlflow, ...)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or self.task not in TASKS:  # first: the model default depends on it
@@ -100,6 +103,7 @@ class TrainConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         _check_scheduler(self.lr_scheduler_type)
+        check_report_to(self.report_to)
 
     def loraplus(self) -> LoraPlusConfig:
         return LoraPlusConfig(
@@ -180,6 +184,36 @@ def _check_scheduler(name: str) -> None:
     names = [s.value for s in SchedulerType]
     if name not in names:
         raise ValueError(f"lr_scheduler_type must be one of {', '.join(names)}, got {name!r}")
+
+
+REPORTERS_OF_OURS = ("none", "csv")  # the rest are transformers integrations
+
+
+def check_report_to(names: tuple[str, ...]) -> None:
+    """Refuse an unknown or uninstalled ``report_to`` now, not after the model and data are loaded.
+
+    Raises:
+        ValueError: an empty list, an unknown name, ``none`` with others, or an integration whose package is
+            missing (the message names the pip package).
+    """
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    known = [*REPORTERS_OF_OURS, *INTEGRATION_TO_CALLBACK]
+    if not names:
+        raise ValueError("report_to is empty; give none, csv, tensorboard, ...")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"report_to must be among {', '.join(known)}, got {name!r}")
+    if "none" in names and len(names) > 1:
+        raise ValueError(f"report_to 'none' cannot be combined with others, got {','.join(names)!r}")
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name not in REPORTERS_OF_OURS and name not in available:
+            package = {"tensorboard": "tensorboard (or loraplus[tensorboard])", "comet_ml": "comet-ml"}.get(name, name)
+            raise ValueError(f"report_to {name!r} needs its package, which is not installed: pip install {package}")
 
 
 def _auto_ratio(model, trust_remote_code) -> float:

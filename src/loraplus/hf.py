@@ -19,7 +19,7 @@ except ImportError:  # transformers without optimizer factories (Muon, Dion) cal
         return False
 
 
-__all__ = ["LoraPlusTrainer", "LoraPlusTrainingArguments"]
+__all__ = ["LoraPlusMixin", "LoraPlusTrainer", "LoraPlusTrainingArguments"]
 
 logger = logging.getLogger("loraplus")
 
@@ -53,27 +53,54 @@ class LoraPlusTrainingArguments(TrainingArguments):
         self.loraplus_lr_other = cfg.loraplus_lr_other
 
 
-class LoraPlusTrainer(Trainer):
-    """A ``transformers.Trainer`` whose optimizer uses LoRA+ groups.
+class LoraPlusMixin:
+    """LoRA+ parameter groups for any ``transformers.Trainer`` subclass: put it first in the bases.
+
+    ::
+
+        from trl import SFTTrainer
+        class LoraPlusSFTTrainer(LoraPlusMixin, SFTTrainer):
+            pass
+        trainer = LoraPlusSFTTrainer(model=..., args=SFTConfig(learning_rate=2e-4), peft_config=LoraConfig(...),
+                                     train_dataset=..., loraplus_lr_ratio=16)
 
     Only ``create_optimizer`` is overridden, so Accelerate, DeepSpeed and FSDP prepare the LoRA+ optimizer like
     any other, and every scheduler the Trainer builds scales all groups by the same factor (lr_B / lr_A stays λ).
-    The optimizer class and its options come from ``args.optim``/``args.optim_args`` or from
-    ``Trainer(optimizer_cls_and_kwargs=...)``; as in ``Trainer``, an ``"lr"`` in those kwargs overrides
-    ``learning_rate`` (it becomes lr_A). With plain ``TrainingArguments`` the ratio defaults to 16.
-    A ready optimizer passed as ``Trainer(optimizers=(opt, sched))`` is used as given (build it with
-    ``loraplus.create_loraplus_optimizer``).
+    The LoRA+ options come from the keyword arguments ``loraplus_lr_ratio``, ``loraplus_lr_embedding`` and
+    ``loraplus_lr_other`` if given, else from the same-named fields of ``args`` (``LoraPlusTrainingArguments``),
+    else the defaults (ratio 16; embedding pairs and other tensors at lr_A). The keyword arguments are the way for
+    trainers whose own config class cannot carry extra fields (TRL turns any ``TrainingArguments`` into its
+    ``SFTConfig`` and would drop them). The optimizer class and its options come from ``args.optim``/
+    ``args.optim_args`` or from ``optimizer_cls_and_kwargs=...``; as in ``Trainer``, an ``"lr"`` in those kwargs
+    overrides ``learning_rate`` (it becomes lr_A). A ready optimizer passed as ``optimizers=(opt, sched)`` is used
+    as given (build it with ``loraplus.create_loraplus_optimizer``).
 
     Raises:
-        ValueError: a DeepSpeed config with an ``"optimizer"`` block (DeepSpeed would build its own optimizer and
-            ``create_optimizer`` would never run) or a scheduler that gives every group one lr; checked here, in
-            ``__init__``, because ``train()`` hands DeepSpeed its config before any optimizer hook is reached.
+        ValueError: a bad LoRA+ option (on construction); a DeepSpeed config with an ``"optimizer"`` block
+            (DeepSpeed would build its own optimizer and ``create_optimizer`` would never run) or a scheduler that
+            gives every group one lr; checked in ``__init__``, because ``train()`` hands DeepSpeed its config
+            before any optimizer hook is reached.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, loraplus_lr_ratio=None, loraplus_lr_embedding=None, loraplus_lr_other=None, **kwargs):
         super().__init__(*args, **kwargs)
+        given = {"loraplus_lr_ratio": loraplus_lr_ratio, "loraplus_lr_embedding": loraplus_lr_embedding,
+                 "loraplus_lr_other": loraplus_lr_other}  # fmt: skip
+        defaults = {"loraplus_lr_ratio": 16.0, "loraplus_lr_embedding": None, "loraplus_lr_other": None}
+        self.loraplus_options = {
+            name: value if value is not None else getattr(self.args, name, defaults[name])
+            for name, value in given.items()
+        }
+        self._loraplus_config(self.args.learning_rate)  # a bad option fails now, not at train()
         for config in deepspeed_configs(self):
             check_deepspeed_config(config)
+
+    def _loraplus_config(self, lr) -> LoraPlusConfig:
+        options = self.loraplus_options
+        return LoraPlusConfig(
+            lr, options["loraplus_lr_ratio"], options["loraplus_lr_embedding"], self.args.weight_decay,
+            options["loraplus_lr_other"],
+        )  # fmt: skip
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -94,13 +121,7 @@ class LoraPlusTrainer(Trainer):
                 "the LoRA+ groups; use an optimizer that takes param groups (adamw_torch, adamw_torch_fused, sgd, ...)"
             )
         # As in Trainer: an "lr" in the optimizer kwargs (optimizer_cls_and_kwargs) is the base lr; else learning_rate.
-        cfg = LoraPlusConfig(
-            optimizer_kwargs.get("lr", args.learning_rate),
-            getattr(args, "loraplus_lr_ratio", 16.0),
-            getattr(args, "loraplus_lr_embedding", None),
-            args.weight_decay,
-            getattr(args, "loraplus_lr_other", None),
-        )
+        cfg = self._loraplus_config(optimizer_kwargs.get("lr", args.learning_rate))
         optimizer_kwargs["lr"] = cfg.lr
         warn_if_adaptive(optimizer_cls, cfg.loraplus_lr_ratio)
         groups = build_groups(opt_model, cfg)
@@ -110,3 +131,9 @@ class LoraPlusTrainer(Trainer):
             "LoRA+ parameter groups (loraplus_lr_ratio=%g):\n%s", cfg.loraplus_lr_ratio, describe_groups(self.optimizer)
         )
         return self.optimizer
+
+
+class LoraPlusTrainer(LoraPlusMixin, Trainer):
+    """A ``transformers.Trainer`` whose optimizer uses LoRA+ groups (see ``LoraPlusMixin``); pair it with
+    ``LoraPlusTrainingArguments`` or pass ``loraplus_lr_ratio=...``. With plain ``TrainingArguments`` and no
+    keyword the ratio is 16."""

@@ -7,6 +7,7 @@ loadable with ``peft.PeftModel.from_pretrained``), ``metrics.json`` (written las
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from transformers import TrainerCallback
 
 from .config import TrainConfig
 from .io import atomic_dir, atomic_write_json
@@ -57,9 +59,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
         raise PermissionError(
             f"output_dir {str(out)!r} is not writable ({err.strerror or err}); choose another --output-dir"
         ) from None
-    if overwrite:
+    if overwrite:  # what a new run would append to or mix with
         (out / "metrics.json").unlink(missing_ok=True)
+        (out / "log.csv").unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     return out
 
 
@@ -125,12 +129,51 @@ def _training_arguments(cfg: TrainConfig, out: Path):
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        report_to=[n for n in cfg.report_to if n not in ("none", "csv", "tensorboard")] or "none",  # see reporters
         use_cpu=not torch.cuda.is_available(),  # CPU DDP over gloo needs it; GPUs get NCCL/FSDP/DeepSpeed
         dataloader_num_workers=0,
         disable_tqdm=False,
         logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run: safety.NonFiniteLossCallback)
     )
+
+
+class CsvLogCallback(TrainerCallback):
+    """``report_to=csv``: every log row (train loss, lr, eval metrics) appended to ``path`` as it happens.
+
+    Long format, one line per value: ``step,epoch,name,value``; the file is flushed after each log, so a killed
+    run keeps what it logged. A resumed run appends.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", "epoch", "name", "value"])
+            for name, value in logs.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.writerow([state.global_step, state.epoch, name, value])
+
+
+def reporting_callbacks(cfg: TrainConfig, out: Path) -> list:
+    """Callbacks for ``report_to`` entries that write into the run folder: csv (``log.csv``), tensorboard
+    (transformers' ``TensorBoardCallback``, event files in ``tensorboard/``); other integrations go through
+    ``TrainingArguments.report_to``."""
+    callbacks = []
+    if "csv" in cfg.report_to:
+        callbacks.append(CsvLogCallback(out / "log.csv"))
+    if "tensorboard" in cfg.report_to:
+        from transformers.integrations import TensorBoardCallback
+
+        board = TensorBoardCallback()
+        board.logging_dir = str(out / "tensorboard")
+        callbacks.append(board)
+    return callbacks
 
 
 def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None):
@@ -239,7 +282,8 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
     )  # fmt: skip
     build = build_causal_trainer if cfg.task == "causal-lm" else build_trainer
-    trainer, tokenizer, tokenized = build(cfg, path, out, data, [NonFiniteLossCallback(), *callbacks])
+    callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
+    trainer, tokenizer, tokenized = build(cfg, path, out, data, callbacks)
     sizes = {name: len(split) for name, split in tokenized.items()}
     logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
     monitor = None
