@@ -11,6 +11,8 @@ import pytest
 from loraplus import data
 from loraplus.data import BUILTIN_DATASETS, ClassificationData, load_classification_data
 
+from conftest import make_rows
+
 SPLITS = ["train", "validation", "test"]
 
 # Pinned counts, produced by (seed 0, default fractions 0.1/0.1):
@@ -362,3 +364,36 @@ def test_class_too_small_to_stratify(tmp_path):
     path = _write(tmp_path / "d.csv", _rows({"common": 20, "rare": 2}))
     with pytest.raises(ValueError, match=r"class 'rare' has 2; each class needs at least 3"):
         load_classification_data(path)
+
+
+def test_tokenized_splits_are_cached_on_disk(tiny_bert_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from loraplus.data import map_cached
+
+    monkeypatch.setenv("LORAPLUS_CACHE", str(tmp_path / "cache"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    calls = []
+
+    def encode(batch):
+        calls.append(len(batch["text"]))
+        return tokenizer(batch["text"], truncation=True, max_length=8)
+
+    def run(splits, key="max_length=8"):
+        return map_cached(splits, encode, tokenizer=tokenizer, key=key, desc="t", remove_columns=["text"])
+
+    rows = make_rows(5)
+    splits = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"text": [t for t, _ in rows], "label": [i % 3 for i in range(len(rows))]})
+    )
+    first = run(splits)
+    assert calls == [15] and len(list((tmp_path / "cache" / "tokenized").glob("*.arrow"))) == 1
+    second = run(splits)
+    assert calls == [15], "the second run tokenized again"
+    assert second["train"]["input_ids"] == first["train"]["input_ids"]
+    run(splits, key="max_length=16")  # other options: tokenized again
+    run(datasets.DatasetDict(train=splits["train"].select(range(4))))  # other rows: tokenized again
+    assert calls == [15, 15, 4]
+
+    monkeypatch.setenv("LORAPLUS_CACHE", "/proc/no-such-cache")  # unwritable: no cache, still works
+    assert run(splits)["train"]["input_ids"] == first["train"]["input_ids"] and calls[-1] == 15

@@ -208,9 +208,15 @@ def test_report_to_csv_and_tensorboard_write_into_the_run_folder(tiny_bert_dir, 
     losses = [(row["step"], row["loss"]) for row in history if "loss" in row]
     assert [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "loss"] == losses  # steps 3, 6, 9, 12
     assert {r["name"] for r in rows} >= {"loss", "learning_rate", "eval_accuracy", "eval_loss"}
-    events = EventAccumulator(str(next((out / "tensorboard").glob("events.out.tfevents.*")))).Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [3, 6, 9, 12]
-    assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(history[-2]["eval_accuracy"])
+    scalars = {}  # training writes one event file, the evaluations after train() a second one
+    for path in sorted((out / "tensorboard").glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path)).Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(events.Scalars(tag))
+    assert [e.step for e in scalars["train/loss"]] == [3, 6, 9, 12]
+    assert [e.value for e in scalars["train/loss"]] == pytest.approx([loss for _, loss in losses])
+    first_eval = next(row for row in history if "eval_accuracy" in row)
+    assert scalars["eval/accuracy"][0].value == pytest.approx(first_eval["eval_accuracy"])
     # --overwrite starts both logs afresh
     run_train(tiny_config(tiny_bert_dir, tiny_csv, out, report_to="csv", overwrite=True, max_steps=3, eval_steps=3))
     assert [r["step"] for r in csv.DictReader((out / "log.csv").open()) if r["name"] == "loss"] == ["3"]

@@ -17,6 +17,7 @@ metrics, comparable across tasks).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
+from .data import map_cached
 
 __all__ = [
     "AnswerFormat",
@@ -162,7 +164,9 @@ def tokenize_causal(splits, tokenizer, fmt: AnswerFormat, max_length: int):
         rows = [encode_example(fmt, ids, label, max_length) for ids, label in zip(texts, batch["label"])]
         return {key: [row[key] for row in rows] for key in ("input_ids", "attention_mask", "labels")}
 
-    return splits.map(encode, batched=True, remove_columns=["text", "label"], desc="tokenizing (causal-lm)")
+    key = f"causal-lm max_length={max_length} format={fmt!r} {inspect.getsource(encode_example)}"
+    return map_cached(splits, encode, tokenizer=tokenizer, key=key, desc="tokenizing (causal-lm)",
+                      remove_columns=["text", "label"])  # fmt: skip
 
 
 # ---------------------------------------------------------------- metrics from one forward pass

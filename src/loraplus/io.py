@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure"]
+__all__ = ["cache_dir", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -105,3 +105,9 @@ def package_folder(import_name: str, requirement: str) -> Path:
             name=import_name,
         )
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir(name: str) -> Path:
+    """A folder of loraplus's cache: ``$LORAPLUS_CACHE/<name>``, else ``~/.cache/loraplus/<name>`` (not created)."""
+    root = os.environ.get("LORAPLUS_CACHE") or Path.home() / ".cache" / "loraplus"
+    return Path(root).expanduser() / name

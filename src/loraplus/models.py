@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .groups import as_float
-from .io import package_folder
+from .io import cache_dir, package_folder
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -215,10 +215,7 @@ _GGUF_STAMP = "loraplus-gguf.json"  # written inside the folder before it is ren
 
 def gguf_cache_dir(name: str) -> Path:
     """Default cache folder of a GGUF built-in: ``$LORAPLUS_CACHE/<name>``, else ``~/.cache/loraplus/<name>``."""
-    import os
-
-    root = os.environ.get("LORAPLUS_CACHE") or Path.home() / ".cache" / "loraplus"
-    return Path(root).expanduser() / name
+    return cache_dir(name)
 
 
 def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:

@@ -95,12 +95,16 @@ def limit_samples(splits, cfg: TrainConfig):
 
 
 def _tokenize(data, tokenizer, cfg: TrainConfig):
-    """Tokenize the splits (no padding: batches are padded dynamically) after the sample limits."""
+    """Tokenize the splits (no padding: batches are padded dynamically) after the sample limits; cached on disk."""
+    from .data import map_cached
 
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
 
-    return limit_samples(data.splits, cfg).map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+    return map_cached(
+        limit_samples(data.splits, cfg), encode, tokenizer=tokenizer, key=f"classification max_length={cfg.max_length}",
+        desc="tokenizing", remove_columns=["text"],
+    )  # fmt: skip
 
 
 def _training_arguments(cfg: TrainConfig, out: Path):
