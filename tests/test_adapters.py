@@ -75,6 +75,8 @@ def test_evaluate_cli_on_other_data_and_its_errors(bert_run, tmp_path, capsys):
     assert f"error: adapter {str(tmp_path / 'nope')!r} does not exist" in capsys.readouterr().err
     assert main(["evaluate", "--adapter", str(tmp_path)]) == 2
     assert "no adapter_config.json in" in capsys.readouterr().err
+    assert main(["evaluate", "--adapter", str(bert_run), "--output", "/proc/m.json"]) == 2  # refused before evaluating
+    assert "error: --output '/proc/m.json': folder '/proc' does not exist or is not writable" in capsys.readouterr().err
 
 
 def _outputs(model, vocab: int):

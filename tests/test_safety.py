@@ -225,8 +225,8 @@ def test_build_trainer_checks_the_fresh_adapters(tiny_bert_dir, tiny_csv, tmp_pa
 
     real = loraplus.models.apply_lora
 
-    def pissa_like(model, options, **kwargs):
-        peft_model = real(model, options, **kwargs)
+    def pissa_like(model, options, *args, **kwargs):
+        peft_model = real(model, options, *args, **kwargs)
         with torch.no_grad():
             for name, p in peft_model.named_parameters():
                 if "lora_B" in name:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, _opt, coerce_fields
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_dir, atomic_write_json, write_problem
 
 __all__ = ["EvaluateCommand", "MergeCommand", "RunFolder", "evaluate_adapter", "find_run", "merge_adapter"]
 
@@ -143,11 +143,16 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     Raises:
         FileNotFoundError, ValueError: see ``find_run``; a folder without the run's ``config.json``; a dataset
             whose label names differ from the run's (the head's outputs would mean other classes).
+        PermissionError: ``output``'s folder is missing or not writable (checked first).
     """
     from .causal import build_causal_trainer
     from .data import load_classification_data
     from .train import _split_metrics, build_trainer
 
+    if cmd.output:  # fail before the evaluation, not after it
+        folder = Path(cmd.output).expanduser().parent
+        if not folder.is_dir() or write_problem(folder):
+            raise PermissionError(f"--output {cmd.output!r}: folder {str(folder)!r} does not exist or is not writable")
     run = find_run(cmd.adapter, cmd.base_model)
     if run.config is None:
         raise ValueError(

@@ -12,7 +12,6 @@ import codecs
 import csv
 import math
 import numbers
-import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -23,7 +22,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .io import cache_dir, package_folder
+from .io import cache_dir, package_folder, write_problem
 
 __all__ = ["BUILTIN_DATASETS", "ClassificationData", "load_classification_data", "map_cached"]
 
@@ -409,12 +408,7 @@ def map_cached(splits: datasets.DatasetDict, encode: Callable, *, tokenizer, key
     for part in parts:
         shared.update(part.encode("utf-8") + b"\0")
     folder = cache_dir("tokenized")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError:  # a read-only home: tokenize every time rather than fail
+    if write_problem(folder, create=True):  # a read-only home: tokenize every time rather than fail
         return splits.map(encode, batched=True, remove_columns=remove_columns, desc=desc)
     out = {}
     for name, split in splits.items():

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["cache_dir", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure"]
+__all__ = ["cache_dir", "write_problem", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -111,3 +111,19 @@ def cache_dir(name: str) -> Path:
     """A folder of loraplus's cache: ``$LORAPLUS_CACHE/<name>``, else ``~/.cache/loraplus/<name>`` (not created)."""
     root = os.environ.get("LORAPLUS_CACHE") or Path.home() / ".cache" / "loraplus"
     return Path(root).expanduser() / name
+
+
+def write_problem(path: str | Path, *, create: bool = False) -> str | None:
+    """Why no file can be created in the folder ``path`` (the OS error text), or ``None`` if one can. Tried for
+    real: root ignores permission bits, and /proc refuses new files whatever ``os.access`` says. With ``create``
+    the folder is made first."""
+    folder = Path(path)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None

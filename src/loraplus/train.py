@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from .config import TrainConfig
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_dir, atomic_write_json, write_problem
 
 __all__ = ["compute_metrics", "prepare_output_dir", "run_train"]
 
@@ -50,15 +49,9 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
             f"output_dir {str(out)!r} holds {what}; pass --overwrite to replace it, "
             f"{'--resume to continue it, ' if not finished else ''}or choose another --output-dir"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(
-            f"output_dir {str(out)!r} is not writable ({err.strerror or err}); choose another --output-dir"
-        ) from None
+    problem = write_problem(out, create=True)
+    if problem:
+        raise PermissionError(f"output_dir {str(out)!r} is not writable ({problem}); choose another --output-dir")
     if overwrite:  # what a new run would append to or mix with
         (out / "metrics.json").unlink(missing_ok=True)
         (out / "log.csv").unlink(missing_ok=True)
