@@ -114,7 +114,7 @@ def test_merge_classifier_equals_adapter_model(bert_run, tmp_path, capsys):
     # never replaced silently; never over the adapter itself
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         MergeCommand(adapter=str(bert_run), out=str(out)).run()
-    with pytest.raises(ValueError, match="holds the adapter itself"):
+    with pytest.raises(ValueError, match="holds the adapter or the current folder"):
         MergeCommand(adapter=str(bert_run), out=str(bert_run), overwrite=True).run()
     assert (bert_run / "adapter" / "adapter_model.safetensors").is_file()
 
@@ -154,3 +154,83 @@ def test_merge_refuses_a_mismatch_and_writes_nothing(bert_run, tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"differ from the adapter's by .* nothing written"):
         MergeCommand(adapter=str(bert_run), out=str(out)).run()
     assert not out.exists() and not list(tmp_path.glob(".merged*"))
+
+
+def test_evaluate_scores_every_row_of_other_data_and_guards_its_output(bert_run, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in make_rows(10, seed=5)))
+    rows = len(load_classification_data_rows(other))
+    result = EvaluateCommand(adapter=str(bert_run), dataset=str(other)).run()
+    assert result["split"] == "all" and result["num_examples"] == rows  # not only a 10 % test part
+
+    out = tmp_path / "m.json"
+    out.write_text("{}")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        EvaluateCommand(adapter=str(bert_run), output=str(out)).run()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        EvaluateCommand(adapter=str(bert_run), output=str(tmp_path)).run()
+    before = (bert_run / "metrics.json").read_text()
+    with pytest.raises(ValueError, match="is a file of a run folder"):
+        EvaluateCommand(adapter=str(bert_run), output=str(bert_run / "metrics.json"), overwrite=True).run()
+    assert (bert_run / "metrics.json").read_text() == before
+
+
+def load_classification_data_rows(path):
+    from loraplus.data import load_classification_data
+
+    data = load_classification_data(str(path))
+    return [row for split in data.splits.values() for row in split]
+
+
+def test_broken_adapters_and_a_moved_base_give_one_line_errors(bert_run, tiny_bert_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bert_run, broken)
+    weights = broken / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cannot load the adapter .*broken/adapter.* \(SafetensorError: "):
+        EvaluateCommand(adapter=str(broken)).run()
+    with pytest.raises(ValueError, match=r"cannot load the adapter .*broken/adapter.* \(SafetensorError: "):
+        MergeCommand(adapter=str(broken), out=str(tmp_path / "m")).run()
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="has no adapter_model.safetensors"):
+        MergeCommand(adapter=str(broken), out=str(tmp_path / "m")).run()
+    assert not (tmp_path / "m").exists()
+
+    moved = tmp_path / "moved"  # the recorded base folder is gone: --base-model rescues the run
+    shutil.copytree(bert_run, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["model_path"] = config["config"]["model"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="is not there any more; give --base-model"):
+        find_run(moved)
+    result = EvaluateCommand(adapter=str(moved), base_model=str(tiny_bert_dir)).run()
+    assert result["matches_run"] < 1e-6
+
+
+def test_merge_out_never_replaces_what_is_not_a_merged_model(bert_run, tmp_path, monkeypatch):
+    import os
+
+    folder = tmp_path / "stuff"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds something other than a merged model"):
+        MergeCommand(adapter=str(bert_run), out=str(folder), overwrite=True).run()
+    with pytest.raises(FileExistsError, match="is a file"):
+        MergeCommand(adapter=str(bert_run), out=str(bert_run / "metrics.json"), overwrite=True).run()
+    with pytest.raises(FileExistsError, match="holds something other than a merged model"):
+        MergeCommand(adapter=str(bert_run), out=str(bert_run / "checkpoints"), overwrite=True).run()
+    monkeypatch.chdir(folder)
+    with pytest.raises(ValueError, match="holds the adapter or the current folder"):
+        MergeCommand(adapter=str(bert_run), out=".", overwrite=True).run()
+    with pytest.raises(PermissionError, match="cannot write in '/proc'"):
+        MergeCommand(adapter=str(bert_run), out="/proc/merged").run()
+    assert (folder / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".*.tmp"))
+
+    out = tmp_path / "merged"  # an earlier merge is replaced with --overwrite; folders get mkdir's mode
+    MergeCommand(adapter=str(bert_run), out=str(out)).run()
+    MergeCommand(adapter=str(bert_run), out=str(out), overwrite=True).run()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~mask

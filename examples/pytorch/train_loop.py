@@ -1,5 +1,6 @@
-"""LoRA+ in a plain PyTorch training loop: PEFT LoRA on a Hugging Face classifier and loraplus's optimizer,
-no Trainer. Tested by tests/test_integrations.py.
+"""LoRA+ in a plain PyTorch training loop (PEFT LoRA, loraplus's optimizer, no Trainer).
+
+Tested by tests/test_integrations.py.
 
     .venv/bin/python examples/pytorch/train_loop.py                  # minilm-l6 on bbc-news, 60 steps: test accuracy 0.9717
     .venv/bin/python examples/pytorch/train_loop.py --model DIR --dataset FILE.csv --steps 20

@@ -79,16 +79,38 @@ def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
     model_path = adapter_config.get("base_model_name_or_path")
     if run_info is not None:
         options = {k: v for k, v in run_info["config"].items() if k in TrainConfig.__dataclass_fields__}
-        cfg = TrainConfig(**{**options, "overwrite": False, "resume": False, "report_to": ("none",)})
+        try:
+            cfg = TrainConfig(**{**options, "overwrite": False, "resume": False, "report_to": ("none",)})
+        except ValueError as err:
+            raise ValueError(f"{str(run / 'config.json')!r}: {err}") from None
         labels = list(run_info.get("labels") or []) or None
-        recorded = run_info.get("model_path") or model_path
-        model_path = recorded if recorded and Path(recorded).expanduser().exists() else resolve_model(cfg.model)
+        model_path = run_info.get("model_path") or model_path
     if base_model is not None:
         model_path = resolve_model(base_model)
+    elif model_path and not _local_base_exists(model_path):  # the recorded folder is gone (another machine?)
+        try:
+            model_path = resolve_model(cfg.model if cfg is not None else model_path)
+        except ValueError:
+            raise ValueError(
+                f"the base model {model_path!r} recorded with the adapter is not there any more; give --base-model"
+            ) from None
     if not model_path:
         raise ValueError(f"{str(adapter / 'adapter_config.json')!r} names no base model; give --base-model")
-    metrics = _read_json(run / "metrics.json") if run_info is not None and (run / "metrics.json").is_file() else None
+    metrics = None
+    if run_info is not None and (run / "metrics.json").is_file():
+        try:
+            metrics = _read_json(run / "metrics.json")
+        except ValueError:  # only used to compare with; the evaluation itself does not need it
+            logger.warning("%s is unreadable: no comparison with the run's metrics", run / "metrics.json")
     return RunFolder(adapter, cfg, labels, str(model_path), adapter_config.get("task_type"), metrics)
+
+
+def _local_base_exists(path: str) -> bool:
+    """False only for a local-looking path (absolute, ./, ~, or more than one '/') that does not exist; a hub id
+    ("owner/name") counts as present."""
+    if Path(path).expanduser().exists():
+        return True
+    return not (path.startswith((".", "/", "~")) or path.count("/") > 1)
 
 
 def _read_json(path: Path) -> dict:
@@ -110,13 +132,15 @@ class EvaluateCommand:
 
     adapter: str = _opt("", "run folder of `loraplus train` (or its adapter/ folder)")
     split: str = _opt("test", "split to evaluate: test or validation")
-    dataset: str | None = _opt(None, "data to evaluate on (default: the run's; same label names required)")
+    dataset: str | None = _opt(None, "other data to evaluate on, every row of it (same label names required; "
+                               "default: the run's own split)")
     text_column: str | None = _opt(None, "text column of a file dataset (default: the run's)")
     label_column: str | None = _opt(None, "label column of a file dataset (default: the run's)")
-    max_eval_samples: int | None = _opt(None, "evaluate the first N examples of the split (default: the run's limit)")
+    max_eval_samples: int | None = _opt(None, "evaluate the first N examples (default: the run's limit; other data: all)")
     eval_batch_size: int | None = _opt(None, "evaluation batch size (default: the run's)")
     base_model: str | None = _opt(None, "base model folder or hub id (default: the one the run recorded)")
-    output: str | None = _opt(None, "also write the metrics to this JSON file")
+    output: str | None = _opt(None, "also write the metrics to this JSON file (must not exist)")
+    overwrite: bool = _opt(False, "replace an existing --output file")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -130,10 +154,12 @@ class EvaluateCommand:
 
 
 def evaluate_adapter(cmd: EvaluateCommand) -> dict:
-    """Metrics of a saved adapter on the run's data split (or another dataset with the same labels).
+    """Metrics of a saved adapter on the run's data split, or on every row of another dataset with the same labels.
 
     The split is rebuilt from the run's dataset, fractions and seed, so ``split="test"`` reproduces the test
-    metrics that ``loraplus train`` wrote to ``metrics.json`` (same numbers; tested).
+    metrics that ``loraplus train`` wrote to ``metrics.json`` (same numbers; tested). Other data (``dataset``,
+    ``text_column`` or ``label_column`` differing from the run's) is scored whole after deduplication
+    (``split`` is then ``"all"``), cut to ``max_eval_samples`` if given.
 
     Returns:
         ``{"split", "metrics": {accuracy, macro_f1, loss, ...}, "num_examples", "adapter", "matches_run"}``;
@@ -145,14 +171,22 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
             whose label names differ from the run's (the head's outputs would mean other classes).
         PermissionError: ``output``'s folder is missing or not writable (checked first).
     """
+    import datasets
+
     from .causal import build_causal_trainer
     from .data import load_classification_data
     from .train import _split_metrics, build_trainer
 
     if cmd.output:  # fail before the evaluation, not after it
-        folder = Path(cmd.output).expanduser().parent
-        if not folder.is_dir() or write_problem(folder):
-            raise PermissionError(f"--output {cmd.output!r}: folder {str(folder)!r} does not exist or is not writable")
+        target = Path(cmd.output).expanduser()
+        if target.is_dir():
+            raise IsADirectoryError(f"--output {cmd.output!r} is a folder; give a JSON file name")
+        if target.exists() and not cmd.overwrite:
+            raise FileExistsError(f"--output {cmd.output!r} exists; pass --overwrite to replace it or choose another file")
+        if target.name in ("metrics.json", "config.json") and (target.parent / "adapter").is_dir():
+            raise ValueError(f"--output {cmd.output!r} is a file of a run folder; choose another file")
+        if not target.parent.is_dir() or write_problem(target.parent):
+            raise PermissionError(f"--output {cmd.output!r}: folder {str(target.parent)!r} does not exist or is not writable")
     run = find_run(cmd.adapter, cmd.base_model)
     if run.config is None:
         raise ValueError(
@@ -161,7 +195,11 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
         )
     changes = {k: getattr(cmd, k) for k in ("dataset", "text_column", "label_column", "max_eval_samples",
                                             "eval_batch_size") if getattr(cmd, k) is not None}  # fmt: skip
-    cfg = TrainConfig(**{**run.config.to_dict(), **changes})
+    other = any(changes.get(k, getattr(run.config, k)) != getattr(run.config, k)
+                for k in ("dataset", "text_column", "label_column"))  # fmt: skip
+    # batch_size only gates "at least one training batch"; other data is scored whole (limits after concatenation)
+    limits = {"max_train_samples": None, "max_eval_samples": None} if other else {}
+    cfg = TrainConfig(**{**run.config.to_dict(), **changes, "batch_size": 1, **limits})
     data = load_classification_data(
         cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
@@ -169,13 +207,18 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     if run.labels is not None and list(data.label_names) != run.labels:
         raise ValueError(f"dataset {cfg.dataset!r} has labels {data.label_names}, the adapter was trained on {run.labels}")
     build = build_causal_trainer if cfg.task == "causal-lm" else build_trainer
+    split = "all" if other else cmd.split
     with tempfile.TemporaryDirectory(prefix="loraplus-evaluate-") as tmp:  # the Trainer's output_dir; nothing kept
         trainer, _, tokenized = build(cfg, run.model_path, Path(tmp), data, adapter=str(run.adapter))
-        raw = trainer.evaluate(tokenized[cmd.split], metric_key_prefix=cmd.split)
-    metrics = _split_metrics(raw, cmd.split)
-    result = {"adapter": str(run.adapter), "split": cmd.split, "dataset": cfg.dataset,
-              "num_examples": len(tokenized[cmd.split]), "metrics": metrics, "matches_run": None}  # fmt: skip
-    same_data = not changes.keys() - {"eval_batch_size"}
+        examples = tokenized[cmd.split]
+        if other:
+            examples = datasets.concatenate_datasets([tokenized[name] for name in ("train", "validation", "test")])
+            examples = examples.select(range(min(cmd.max_eval_samples or len(examples), len(examples))))
+        raw = trainer.evaluate(examples, metric_key_prefix=split)
+    metrics = _split_metrics(raw, split)
+    result = {"adapter": str(run.adapter), "split": split, "dataset": cfg.dataset,
+              "num_examples": len(examples), "metrics": metrics, "matches_run": None}  # fmt: skip
+    same_data = not other and "max_eval_samples" not in changes
     recorded = (run.metrics or {}).get(cmd.split)
     if same_data and recorded:
         shared = [k for k in metrics if k in recorded]
@@ -187,9 +230,9 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
 
 def evaluate_text(result: dict) -> str:
     """One line of metrics, and how they compare with the run's ``metrics.json``."""
-    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact-match", "perplexity": "perplexity",
-             "loss": "loss"}  # fmt: skip
-    shown = "  ".join(f"{name} {result['metrics'][k]:.4f}" for k, name in names.items() if k in result["metrics"])
+    from .train import metrics_text
+
+    shown = metrics_text(result["metrics"])
     line = f"{result['split']} ({result['num_examples']} examples of {result['dataset']}): {shown}"
     if result["matches_run"] is not None:
         line += f"\nlargest difference from the run's metrics.json: {result['matches_run']:.2e}"
@@ -241,12 +284,9 @@ def merge_adapter(cmd: MergeCommand) -> dict:
     """
     import torch
 
-    out = Path(cmd.out).expanduser()
-    if out.exists() and not cmd.overwrite:
-        raise FileExistsError(f"--out {str(out)!r} exists; pass --overwrite to replace it or choose another folder")
+    out = Path(cmd.out).expanduser().resolve()
     run = find_run(cmd.adapter, cmd.base_model)
-    if run.adapter.resolve().is_relative_to(out.resolve()):
-        raise ValueError(f"--out {str(out)!r} holds the adapter itself; choose a folder outside the run")
+    _check_merge_out(out, cmd.out, cmd.overwrite, run.adapter)
     auto_class, tokenizer, model = _adapter_model(run, torch.float32)
     probe = _probe_inputs(model)
     with torch.no_grad():
@@ -277,26 +317,54 @@ def merge_adapter(cmd: MergeCommand) -> dict:
     return result
 
 
+def _check_merge_out(out: Path, given: str, overwrite: bool, adapter: Path) -> None:
+    """Refuse, before any loading, an ``--out`` that would replace something that is not a merged model."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {given!r} is a file; give a folder for the merged model")
+    if adapter.resolve().is_relative_to(out) or Path.cwd().resolve().is_relative_to(out):
+        raise ValueError(f"--out {given!r} holds the adapter or the current folder; choose a new folder")
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"--out {given!r} exists; pass --overwrite to replace it or choose another folder")
+        names = {p.name for p in out.iterdir()}
+        merged = "config.json" in names and any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+        if names and (not merged or names & {"adapter_config.json", "metrics.json", "checkpoints"}):
+            raise FileExistsError(
+                f"--out {given!r} holds something other than a merged model; --overwrite only replaces an earlier "
+                "merge (config.json + model*.safetensors) or an empty folder"
+            )
+    parent = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    problem = write_problem(parent) if parent.is_dir() else "not a folder"
+    if problem:
+        raise PermissionError(f"--out {given!r}: cannot write in {str(parent)!r} ({problem})")
+
+
 def _adapter_model(run: RunFolder, dtype):
     """``(auto class, tokenizer, PeftModel in eval mode)``: the base model with the adapter loaded, in ``dtype``."""
-    from peft import PeftModel
+    from .models import load_adapter
 
     auto_class, tokenizer, base = _load_base(run)
-    model = PeftModel.from_pretrained(base.to(dtype), str(run.adapter)).eval()
-    return auto_class, tokenizer, model.to(dtype)
+    return auto_class, tokenizer, load_adapter(base.to(dtype), run.adapter).to(dtype)
 
 
 def _load_base(run: RunFolder):
     """``(auto class, tokenizer, base model)`` in float32 for the adapter's task."""
+    task = run.config.task if run.config is not None else {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}.get(
+        run.task_type or ""
+    )
+    remote = run.config.trust_remote_code if run.config is not None else False
+    try:
+        return _load_task_model(run, task, remote)
+    except OSError as err:  # an offline hub id, a folder without weights
+        raise ValueError(f"cannot load the base model {run.model_path!r}: {' '.join(str(err).split())[:300]}") from None
+
+
+def _load_task_model(run: RunFolder, task: str | None, remote: bool):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .causal import load_causal_lm
     from .models import load_sequence_classifier
 
-    task = run.config.task if run.config is not None else {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}.get(
-        run.task_type or ""
-    )
-    remote = run.config.trust_remote_code if run.config is not None else False
     if task == "causal-lm":
         tokenizer, model = load_causal_lm(run.model_path, trust_remote_code=remote)
         return AutoModelForCausalLM, tokenizer, model

@@ -67,17 +67,14 @@ def dataclass_from_args(cls, args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
-    from .train import run_train
+    from .train import metrics_text, run_train
 
     cfg = dataclass_from_args(TrainConfig, args)
     metrics = run_train(cfg)
     if not is_main_process():  # under torchrun every rank runs the command; rank 0 reports
         return 0
-    test = metrics["test"]
-    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact-match", "perplexity": "perplexity",
-             "loss": "loss"}  # fmt: skip
-    shown = "  ".join(f"{name} {test[key]:.4f}" for key, name in names.items() if key in test)
-    print(f"test {shown}  ({metrics['train']['steps']} steps, {metrics['wall_time_s']:.0f} s)  -> {cfg.output_dir}")
+    steps, seconds = metrics["train"]["steps"], metrics["wall_time_s"]
+    print(f"test {metrics_text(metrics['test'])}  ({steps} steps, {seconds:.0f} s)  -> {cfg.output_dir}")
     return 0
 
 

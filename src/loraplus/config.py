@@ -103,6 +103,7 @@ class TrainConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         _check_scheduler(self.lr_scheduler_type)
+        object.__setattr__(self, "report_to", tuple(dict.fromkeys(self.report_to)))  # "csv,csv" -> ("csv",)
         check_report_to(self.report_to)
 
     def loraplus(self) -> LoraPlusConfig:

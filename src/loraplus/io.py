@@ -74,19 +74,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     On an exception the temporary folder is deleted and ``path`` is left as it was.
     """
-    path = Path(path)
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the mode mkdir would
         yield tmp
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():  # moved aside, then the rename failed: put it back
+            os.replace(old, path)
         raise
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "LoraOptions",
     "apply_lora",
     "attach_lora",
+    "load_adapter",
     "check_target_modules",
     "gguf_model_folder",
     "load_sequence_classifier",
@@ -170,12 +171,30 @@ def attach_lora(model, options: LoraOptions, task_type: str, adapter: str | None
         peft_model = apply_lora(model, options, task_type)
         check_lora_init(peft_model)  # fresh adapters only: warns if both factors start non-zero
         return peft_model
+    return load_adapter(model, adapter)
+
+
+def load_adapter(model, adapter: str | Path):
+    """``PeftModel.from_pretrained(model, adapter)`` in eval mode, with errors a user can act on.
+
+    Raises:
+        FileNotFoundError: the folder has no ``adapter_model.safetensors``/``adapter_model.bin``.
+        ValueError: the weights cannot be read (truncated, corrupted) or do not fit ``model`` (another base or
+            rank); the message names the folder and starts with PEFT's or safetensors' reason.
+    """
     from peft import PeftModel
 
+    folder = Path(adapter)
+    if not any((folder / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise FileNotFoundError(f"adapter {str(folder)!r} has no adapter_model.safetensors (nor adapter_model.bin)")
     try:
-        return PeftModel.from_pretrained(model, adapter)
-    except (ValueError, KeyError, RuntimeError, OSError) as err:  # missing files, wrong base, shape mismatch
-        raise ValueError(f"cannot load the adapter {adapter!r} onto {type(model).__name__}: {err}") from None
+        return PeftModel.from_pretrained(model, str(folder)).eval()
+    except Exception as err:  # safetensors' SafetensorError, torch's RuntimeError (shapes), OSError, KeyError
+        reason = " ".join(str(err).split())
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        raise ValueError(
+            f"cannot load the adapter {str(folder)!r} onto {type(model).__name__} ({type(err).__name__}: {reason})"
+        ) from None
 
 
 def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_code: bool = False):

@@ -147,7 +147,9 @@ def summarize(rows: list[dict], cfg: CompareConfig, best_lr: dict[str, float]) -
     return {"metric": cfg.metric, "target": target, "methods": stats}
 
 
-def _head_lr(method: str, lr: float, ratio: float) -> str:
+def _head_lr(method: str, lr: float, ratio: float, task: str) -> str:
+    if task != "classification":
+        return "— (no head)"
     return f"{lr * ratio:.3g} (lr_B)" if method == "loraplus-head-lrB" else f"{lr:.3g}"
 
 
@@ -161,7 +163,7 @@ def summary_markdown(summary: dict, cfg: CompareConfig) -> str:
     ]
     for method, s in summary["methods"].items():
         lines.append(
-            f"| {method} | {s['lr']:.3g} | {_head_lr(method, s['lr'], cfg.ratio)} | {fmt(s['test_mean'])} ± "
+            f"| {method} | {s['lr']:.3g} | {_head_lr(method, s['lr'], cfg.ratio, cfg.task)} | {fmt(s['test_mean'])} ± "
             f"{fmt(s['test_std'])} | {fmt(s['steps_to_target'], 1)} ({s['reached_target']}) | "
             f"{fmt(s['speedup_vs_lora'], 2)} |"
         )

@@ -105,8 +105,10 @@ def summarize_grid(rows: list[dict], lr_a: np.ndarray, lr_b: np.ndarray, metric:
     }  # fmt: skip
 
 
-def plot_heatmap(summary: dict, path: str | Path, title: str = "") -> None:
-    """Heatmap of the test metric over (lr_A, lr_B), the diagonal lr_A = lr_B dashed, the best cell boxed."""
+def plot_heatmap(summary: dict, path: str | Path, title: str = "", head: bool = True) -> None:
+    """Heatmap of the test metric over (lr_A, lr_B), the diagonal lr_A = lr_B dashed, the best cell boxed.
+
+    ``head``: the model has a classification head trained at lr_A (said on the x axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +123,7 @@ def plot_heatmap(summary: dict, path: str | Path, title: str = "") -> None:
         ax.text(j, i, "—" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", color="w", fontsize=8)
     ax.set_xticks(range(len(lr_a)), [f"{v:.1e}" for v in lr_a], rotation=45)
     ax.set_yticks(range(len(lr_b)), [f"{v:.1e}" for v in lr_b])
-    ax.set_xlabel("lr_A (= lr of the head)")
+    ax.set_xlabel("lr_A (= lr of the head)" if head else "lr_A")
     ax.set_ylabel("lr_B")
     diag = np.interp(np.log(lr_a), np.log(lr_b), np.arange(len(lr_b)), left=np.nan, right=np.nan)
     ax.plot(np.arange(len(lr_a)), diag, "w--", lw=1, label="lr_A = lr_B")
@@ -161,5 +163,6 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     atomic_write_text(out / "results.csv", _rows_csv(rows))
     atomic_write_json(out / "results.json", {"config": cfg.to_dict(), **summary, "rows": rows})
-    plot_heatmap(summary, out / "heatmap.png", f"{cfg.model} on {cfg.dataset}: test {cfg.metric}, seeds {','.join(cfg.seeds)}")
+    title = f"{cfg.model} on {cfg.dataset}: test {cfg.metric}, seeds {','.join(cfg.seeds)}"
+    plot_heatmap(summary, out / "heatmap.png", title, head=cfg.task == "classification")
     return {**summary, "rows": rows}
