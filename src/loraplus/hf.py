@@ -84,6 +84,8 @@ class LoraPlusMixin:
 
     def __init__(self, *args, loraplus_lr_ratio=None, loraplus_lr_embedding=None, loraplus_lr_other=None, **kwargs):
         super().__init__(*args, **kwargs)
+        for config in deepspeed_configs(self):
+            check_deepspeed_config(config)
         given = {"loraplus_lr_ratio": loraplus_lr_ratio, "loraplus_lr_embedding": loraplus_lr_embedding,
                  "loraplus_lr_other": loraplus_lr_other}  # fmt: skip
         defaults = {"loraplus_lr_ratio": 16.0, "loraplus_lr_embedding": None, "loraplus_lr_other": None}
@@ -92,8 +94,6 @@ class LoraPlusMixin:
             for name, value in given.items()
         }
         self._loraplus_config(self.args.learning_rate)  # a bad option fails now, not at train()
-        for config in deepspeed_configs(self):
-            check_deepspeed_config(config)
 
     def _loraplus_config(self, lr) -> LoraPlusConfig:
         options = self.loraplus_options
