@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LP=".venv/bin/loraplus"
-COMMON="--task causal-lm --model smollm2-135m --dataset sms-spam --max-length 64 --max-steps 30 --batch-size 4
-        --eval-batch-size 16 --max-eval-samples 64 --logging-steps 10"
-$LP sweep $COMMON --output-dir experiments/sweep-smollm2-sms --eval-steps 30 --metric macro_f1 --jobs "${JOBS:-1}" \
-    --lr-a-min 1e-4 --lr-a-max 9e-4 --lr-a-points 3 --lr-b-min 1e-4 --lr-b-max 2.7e-3 --lr-b-points 4 --seeds 0
-$LP compare $COMMON --output-dir experiments/compare-smollm2-sms --eval-steps 10 --metric macro_f1 --jobs 2 \
-    --methods lora,loraplus,lorafa,riemannian --lrs 1e-4,3e-4,9e-4 --seeds 0,1,2 --ratio 16
+COMMON="--task causal-lm --model smollm2-135m --dataset sms-spam --max-length 64 --max-steps 40 --batch-size 8
+        --eval-batch-size 16 --max-eval-samples 200 --eval-steps 10 --logging-steps 10"
+$LP sweep $COMMON --output-dir experiments/sweep-smollm2-sms --metric macro_f1 --jobs 2 \
+    --lr-a-min 1e-4 --lr-a-max 1.6e-3 --lr-a-points 3 --lr-b-min 1e-4 --lr-b-max 6.4e-3 --lr-b-points 4 --seeds 0
+$LP compare $COMMON --output-dir experiments/compare-smollm2-sms --metric macro_f1 --jobs 2 \
+    --methods lora,loraplus,lorafa,riemannian --lrs 1e-4,4e-4,1.6e-3 --seeds 0,1,2 --ratio 16
