@@ -169,7 +169,8 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     Raises:
         FileNotFoundError, ValueError: see ``find_run``; a folder without the run's ``config.json``; a dataset
             whose label names differ from the run's (the head's outputs would mean other classes).
-        PermissionError: ``output``'s folder is missing or not writable (checked first).
+        PermissionError: ``output``'s folder is missing or not writable; FileExistsError: ``output`` exists and
+            ``overwrite`` is off; IsADirectoryError: ``output`` is a folder (all checked first).
     """
     import datasets
 
