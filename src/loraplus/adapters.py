@@ -106,11 +106,10 @@ def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
 
 
 def _local_base_exists(path: str) -> bool:
-    """False only for a local-looking path (absolute, ./, ~, or more than one '/') that does not exist; a hub id
-    ("owner/name") counts as present."""
-    if Path(path).expanduser().exists():
-        return True
-    return not (path.startswith((".", "/", "~")) or path.count("/") > 1)
+    """False only for a local path (``models.looks_like_path``) that does not exist; a hub id counts as present."""
+    from .models import looks_like_path
+
+    return Path(path).expanduser().exists() or not looks_like_path(path)
 
 
 def _read_json(path: Path) -> dict:

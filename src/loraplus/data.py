@@ -398,7 +398,9 @@ def map_cached(splits: datasets.DatasetDict, encode: Callable, *, tokenizer, key
     import json
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    folder = cache_dir("tokenized")
+    # a slow tokenizer has no definition to hash; a read-only home: tokenize every time rather than fail
+    if backend is None or write_problem(folder, create=True):
         return splits.map(encode, batched=True, remove_columns=remove_columns, desc=desc)
     definition = json.loads(backend.to_str())
     definition.pop("truncation", None)  # the state a call leaves behind (max_length of the last call), not the
@@ -407,9 +409,6 @@ def map_cached(splits: datasets.DatasetDict, encode: Callable, *, tokenizer, key
     parts = (json.dumps(definition, sort_keys=True), key, inspect.getsource(encode), str(tokenizer.special_tokens_map))
     for part in parts:
         shared.update(part.encode("utf-8") + b"\0")
-    folder = cache_dir("tokenized")
-    if write_problem(folder, create=True):  # a read-only home: tokenize every time rather than fail
-        return splits.map(encode, batched=True, remove_columns=remove_columns, desc=desc)
     out = {}
     for name, split in splits.items():
         digest = hashlib.sha256(shared.digest() + split._fingerprint.encode()).hexdigest()[:24]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .groups import as_float
-from .io import cache_dir, package_folder
+from .io import cache_dir as io_cache_dir
+from .io import package_folder
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -42,6 +43,11 @@ BUILTIN_MODELS: dict[str, tuple[str, str, str, str]] = {
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id ("owner/name"): starts with ".", "/" or "~", or has more than one "/"."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def resolve_model(name_or_path: str) -> str:
     """Turn a built-in name, a local folder or a hub id into what ``from_pretrained`` takes.
 
@@ -61,7 +67,7 @@ def resolve_model(name_or_path: str) -> str:
         if not any((path / f).is_file() for f in _WEIGHT_FILES):
             raise ValueError(f"model folder {str(path)!r} has no weights (looked for {', '.join(_WEIGHT_FILES)})")
         return str(path)
-    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if path.exists() or looks_like_path(name_or_path):
         raise ValueError(
             f"model {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}), a model folder, nor a hub id"
         )
@@ -232,17 +238,12 @@ def model_max_length(tokenizer, model) -> int:
 _GGUF_STAMP = "loraplus-gguf.json"  # written inside the folder before it is renamed into place
 
 
-def gguf_cache_dir(name: str) -> Path:
-    """Default cache folder of a GGUF built-in: ``$LORAPLUS_CACHE/<name>``, else ``~/.cache/loraplus/<name>``."""
-    return cache_dir(name)
-
-
 def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     """The safetensors folder of the GGUF built-in ``name``, converted on first use (25-35 s), reused after (< 1 s).
 
     The GGUF file is dequantized to float32 and saved with its tokenizer into a temporary folder beside
-    ``cache_dir`` (default ``gguf_cache_dir(name)``), which is then renamed into place: a killed conversion
-    never leaves a half folder. A stamp file records the GGUF file name and size; a mismatch reconverts.
+    ``cache_dir`` (default ``loraplus.io.cache_dir(name)``: ``$LORAPLUS_CACHE/<name>``, else
+    ``~/.cache/loraplus/<name>``), which is then renamed into place: a killed conversion never leaves a half folder. A stamp file records the GGUF file name and size; a mismatch reconverts.
 
     Raises:
         ValueError: the model's PyPI package is missing (names the pip command).
@@ -254,7 +255,7 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
 
     import_name, filename, requirement, _ = BUILTIN_MODELS[name]
     gguf = package_folder(import_name, requirement) / filename
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else gguf_cache_dir(name)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else io_cache_dir(name)
     stamp = {"gguf": filename, "bytes": gguf.stat().st_size, "requirement": requirement}
     try:
         if json.loads((folder / _GGUF_STAMP).read_text()) == stamp:
