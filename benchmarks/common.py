@@ -209,17 +209,79 @@ def run_worker(task: str, args: dict, ctx: Context, *, timeout: float | None = N
 
     The worker's stdout/stderr go to a log file in ``ctx.workdir``; a failure raises ``RuntimeError`` with its tail.
     """
-    tag = f"{task}-{len(list(ctx.workdir.glob('*.log')))}"
-    out, log = ctx.workdir / f"{tag}.json", ctx.workdir / f"{tag}.log"
+    return run_workers([(task, args)], ctx, timeout=timeout)[0]
+
+
+def run_workers(jobs: list[tuple[str, dict]], ctx: Context, *, timeout: float | None = None) -> list[dict]:
+    """Run several ``(task, args)`` workers at the same time (each its own process); their results in order.
+
+    Concurrent workers are for measurements that coordinate among themselves (``LockStep``); each waits for its turn,
+    so they do not compete for the CPU. A failure of any raises ``RuntimeError`` with its log's tail.
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    cmd = [sys.executable, "-m", "benchmarks.worker", task, json.dumps(args), str(out)]
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
-    if proc.returncode != 0 or not out.exists():
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"worker {task} {args} failed (exit {proc.returncode}); log {log}:\n{tail}")
-    return json.loads(out.read_text())
+    started = []
+    for task, args in jobs:
+        tag = f"{task}-{len(list(ctx.workdir.glob('*.log')))}"
+        out, log = ctx.workdir / f"{tag}.json", ctx.workdir / f"{tag}.log"
+        cmd = [sys.executable, "-m", "benchmarks.worker", task, json.dumps(args), str(out)]
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        started.append((task, args, proc, out, log))
+    try:
+        for _, _, proc, _, _ in started:
+            proc.wait(timeout=timeout)
+    finally:
+        for _, _, proc, _, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for task, args, proc, out, log in started:
+        if proc.returncode != 0 or not out.exists():
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"worker {task} {args} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return [json.loads(out.read_text()) for *_, out, _ in started]
+
+
+class LockStep:
+    """Take turns with a peer process, one optimizer step each, through two FIFOs (``os.mkfifo``).
+
+    ``own`` is read (the turn arrives), ``peer`` is written (the turn leaves). ``first`` starts; the other waits in
+    ``begin``. After each step ``handover`` writes a turn token and waits for one back; after the last step it writes
+    ``D`` instead, so the peer stops waiting. A peer silent for ``timeout`` seconds (it died) is no longer waited for.
+    Both FIFOs are opened read-write, so opening never blocks.
+    """
+
+    def __init__(self, own: str, peer: str, *, first: bool, timeout: float = 900.0):
+        self.own, self.peer = os.open(own, os.O_RDWR), os.open(peer, os.O_RDWR)
+        self.first, self.timeout = first, timeout
+        self.alone = False  # the peer has finished (or died): run on without waiting
+        self.finished = False
+
+    def begin(self) -> None:
+        if not self.first:
+            self._wait()
+
+    def handover(self, last: bool) -> None:
+        if last:
+            self.finish()
+        else:
+            os.write(self.peer, b"T")
+            self._wait()
+
+    def finish(self) -> None:
+        if not self.finished:
+            os.write(self.peer, b"D")
+            self.finished = True
+
+    def _wait(self) -> None:
+        import select
+
+        if self.alone:
+            return
+        ready, _, _ = select.select([self.own], [], [], self.timeout)
+        if not ready or os.read(self.own, 1) == b"D":
+            self.alone = True
 
 
 def rss_mib() -> tuple[float, float]:

@@ -13,11 +13,14 @@ Figure 4, time to accuracy. X = the bare script's test accuracy after its epoch;
 the probes are measurement, not training. Probing stops after the first hit. Time resolution: ``probe_every`` steps,
 so T_loraplus is overestimated by up to that many steps. Ratio T_loraplus / T_bare, target <= 0.5; not reached -> inf.
 
-Figure 5, throughput. Training time = the sum over optimizer steps of the time from the end of the previous step's
-logging/evaluation/checkpointing (or the train start) to the end of the step: batch fetching and collation, forward,
-backward, clipping, optimizer and scheduler steps are in; periodic evaluation, checkpoint saving and the probes are
-out. Throughput = training examples / training time; ratio loraplus / bare, target >= 1.0. Also reported: the whole
-training loop (``train()``: periodic evaluation and checkpoints in, probes out).
+Figure 5, throughput. A step's time = from the end of the previous step's logging/evaluation/checkpointing (or the
+train start) to the end of the step: batch fetching and collation, forward, backward, clipping, optimizer and
+scheduler steps are in; periodic evaluation, checkpoint saving and the probes are out. The ratio with the target
+(>= 1.0) comes from ``lockstep_runs``: a bare and a loraplus worker started together take turns, one optimizer step
+each, so step i of one and step i of the other run seconds apart under the same load; the figure is the median over
+steps of bare's step time / loraplus' (= loraplus' samples/s over bare's, same batch size). Also reported: figure 4's
+two full epochs, one after the other (load drift between them included), and the whole training loop (``train()``:
+periodic evaluation and checkpoints in, probes out).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from benchmarks.common import Context, row, run_worker
+from benchmarks.common import Context, row, run_worker, run_workers
 
 NAME_TTA, TITLE_TTA = "time_to_accuracy", "4 time to accuracy"
 NAME_TPUT, TITLE_TPUT = "throughput", "5 throughput"
@@ -34,8 +37,8 @@ NAME_TPUT, TITLE_TPUT = "throughput", "5 throughput"
 def config(quick: bool) -> dict:
     if quick:
         return {"model": "tiny-bert-folder", "limits": {"max_train_samples": 32, "max_eval_samples": 16, "max_length": 32},
-                "probe_every": 1}  # fmt: skip
-    return {"model": "minilm-l6", "limits": {}, "probe_every": 10}
+                "probe_every": 1, "lockstep": {"steps": 3, "pairs": 1}}  # fmt: skip
+    return {"model": "minilm-l6", "limits": {}, "probe_every": 10, "lockstep": {"steps": 30, "pairs": 2}}
 
 
 def model_path(ctx: Context, name: str) -> str:
@@ -81,6 +84,38 @@ def train_runs(ctx: Context, cfg: dict) -> dict:
     return ctx.memo[key]
 
 
+def lockstep_runs(ctx: Context, cfg: dict) -> list[dict]:
+    """Figure 5's measurement: ``pairs`` x (bare, loraplus) workers started together that take turns, one optimizer
+    step each, for ``steps`` steps (who goes first alternates between pairs). Adjacent steps of the two see the same
+    machine load, so their ratio is paired. Returns ``[{"bare": ..., "loraplus": ...}, ...]`` worker results.
+
+    Both sides: their usual settings (as in figure 4) with ``max_steps = steps`` and at most 64 evaluation examples
+    (evaluation is not timed); no accuracy probe.
+    """
+    import os
+
+    lock = cfg["lockstep"]
+    limits = {**cfg["limits"], "max_steps": lock["steps"], "max_eval_samples": min(64, cfg["limits"].get("max_eval_samples", 64))}
+    pairs = []
+    for p in range(lock["pairs"]):
+        folder = ctx.workdir / f"lockstep-{p}"
+        folder.mkdir(parents=True, exist_ok=True)
+        fifos = {who: folder / f"{who}.fifo" for who in ("bare", "loraplus")}
+        for path in fifos.values():
+            if not path.exists():
+                os.mkfifo(path)
+        first = "bare" if p % 2 == 0 else "loraplus"
+        ctx.log(f"[throughput] pair {p + 1}/{lock['pairs']}: bare and loraplus take turns for {lock['steps']} steps, "
+                f"{first} first")  # fmt: skip
+        jobs = [("train_run", {"model": model_path(ctx, cfg["model"]), "limits": limits, "probe_every": 0, "kind": who,
+                               "workdir": str(folder / who), "lockstep": {"own": str(fifos[who]), "first": who == first,
+                               "peer": str(fifos["loraplus" if who == "bare" else "bare"])}})
+                for who in ("bare", "loraplus")]  # fmt: skip
+        bare, lp = run_workers(jobs, ctx, timeout=7200)
+        pairs.append({"bare": bare, "loraplus": lp})
+    return pairs
+
+
 def run_tta(ctx: Context, cfg: dict) -> dict:
     runs = train_runs(ctx, cfg)
     bare, lp = runs["bare"], runs["loraplus"]
@@ -105,40 +140,77 @@ def run_tta(ctx: Context, cfg: dict) -> dict:
 
 
 def run_throughput(ctx: Context, cfg: dict) -> dict:
+    rows, data = throughput_lockstep(lockstep_runs(ctx, cfg))
     runs = train_runs(ctx, cfg)
     rate = {}
     for who, r in runs.items():
         t = r["timer"]
         loop = {k: t["train_end"][k] - t["train_begin"][k] for k in ("wall_s", "cpu_s")}
-        full = t.get("intervals", [])[:-1]  # the last batch may be partial
-        median = {k: statistics.median(i[c] for i in full) for c, k in enumerate(("wall_s", "cpu_s"))} if full else None
         rate[who] = {"steps": {k: r["train_samples"] / t["train"][k] for k in ("wall_s", "cpu_s")},
-                     "loop": {k: r["train_samples"] / loop[k] for k in ("wall_s", "cpu_s")},
-                     "median_step_s": median}  # fmt: skip
+                     "loop": {k: r["train_samples"] / loop[k] for k in ("wall_s", "cpu_s")}}  # fmt: skip
     lp, bare = rate["loraplus"], rate["bare"]
-    rows = [
-        row("training steps: loraplus / bare samples/s", wall=lp["steps"]["wall_s"] / bare["steps"]["wall_s"],
-            cpu=lp["steps"]["cpu_s"] / bare["steps"]["cpu_s"], target=(">=", 1.0),
+    rows += [
+        row("full epochs, one after the other: loraplus / bare", wall=lp["steps"]["wall_s"] / bare["steps"]["wall_s"],
+            cpu=lp["steps"]["cpu_s"] / bare["steps"]["cpu_s"],
             value=f"{lp['steps']['wall_s']:.3g} vs {bare['steps']['wall_s']:.3g} samples/s",
-            note="dynamic padding vs pad-to-max; eval/checkpoints excluded"),
+            note="figure 4's two runs; sequential, so load drift between them is in the ratio"),
         row("whole train() loop: loraplus / bare samples/s", wall=lp["loop"]["wall_s"] / bare["loop"]["wall_s"],
             cpu=lp["loop"]["cpu_s"] / bare["loop"]["cpu_s"],
             value=f"{lp['loop']['wall_s']:.3g} vs {bare['loop']['wall_s']:.3g} samples/s",
             note="loraplus' periodic validation + checkpoints included"),
     ]  # fmt: skip
-    if lp["median_step_s"] and bare["median_step_s"]:
-        m_lp, m_bare = lp["median_step_s"], bare["median_step_s"]
-        rows.insert(1, row("median step: bare / loraplus step time", wall=m_bare["wall_s"] / m_lp["wall_s"],
-                           cpu=m_bare["cpu_s"] / m_lp["cpu_s"], value=f"{m_lp['wall_s']:.3g} vs {m_bare['wall_s']:.3g} s",
-                           note="cross-check, robust to spikes"))  # fmt: skip
-    return {"rows": rows, "data": {"samples_per_second": rate}}
+    return {"rows": rows, "data": {"lockstep": data, "samples_per_second": rate}}
+
+
+def throughput_lockstep(pairs: list[dict]) -> tuple[list[dict], dict]:
+    """Rows from ``lockstep_runs``: per step i >= 2 (step 1 warms up), bare's step time / loraplus' step time
+    (= loraplus' samples/s over bare's at equal batches); the median over all pairs' steps with its bootstrap 95 %
+    interval (``spread``), and the ratio of the summed step times."""
+    ratios = {"wall": [], "cpu": []}
+    sums = {"wall": [0.0, 0.0], "cpu": [0.0, 0.0]}  # loraplus, bare
+    for pair in pairs:
+        steps = zip(pair["loraplus"]["timer"]["intervals"][1:], pair["bare"]["timer"]["intervals"][1:])
+        for lp, bare in steps:
+            for c, clock in enumerate(("wall", "cpu")):
+                ratios[clock].append(bare[c] / lp[c])
+                sums[clock][0] += lp[c]
+                sums[clock][1] += bare[c]
+    if not ratios["cpu"]:
+        raise RuntimeError("the lock-step runs timed no step after the first")
+    median = {k: statistics.median(v) for k, v in ratios.items()}
+    ci = {k: median_interval(v) for k, v in ratios.items()}
+    quartiles = [float(q) for q in statistics.quantiles(ratios["cpu"], n=4)[::2]] if len(ratios["cpu"]) > 1 else None
+    n = len(ratios["cpu"])
+    rows = [
+        row("training steps taken in turns: loraplus / bare samples/s", wall=median["wall"], cpu=median["cpu"],
+            target=(">=", 1.0), spread=ci,
+            value=f"median of {n} adjacent step pairs, 95 % interval {ci['cpu'][0]:.3f}..{ci['cpu'][1]:.3f}; "
+                  f"mean step {sums['cpu'][0] / n:.3g} vs {sums['cpu'][1] / n:.3g} cpu-s",
+            note="one step's ratio varies " + (f"{quartiles[0]:.3f}..{quartiles[1]:.3f} (quartiles)" if quartiles else "-")),
+        row("same steps, ratio of total step times", wall=sums["wall"][1] / sums["wall"][0],
+            cpu=sums["cpu"][1] / sums["cpu"][0], value=f"{sums['cpu'][0]:.1f} vs {sums['cpu'][1]:.1f} cpu-s"),
+    ]  # fmt: skip
+    return rows, {"ratios": ratios, "sums_s": sums, "steps": n, "median_ci95": ci}
+
+
+def median_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap 95 % interval of the median of ``values`` (seeded: the same values give the same
+    interval)."""
+    import random
+
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 # ---------------------------------------------------------------- inside the worker process
 
 
-def bench_callback(t0: tuple[float, float], probe=None, every: int = 0, target: float | None = None):
-    """A ``TrainerCallback`` that times training steps (see the module docstring) and optionally probes accuracy."""
+def bench_callback(t0: tuple[float, float], probe=None, every: int = 0, target: float | None = None, turn=None):
+    """A ``TrainerCallback`` that times training steps (see the module docstring) and optionally probes accuracy.
+
+    ``turn`` (a ``common.LockStep``): take turns with a peer process, one optimizer step each; the waits fall
+    between two timed intervals, outside both."""
     from transformers import TrainerCallback
 
     from benchmarks.common import clocks
@@ -163,6 +235,8 @@ def bench_callback(t0: tuple[float, float], probe=None, every: int = 0, target: 
         on_log = on_evaluate = on_save = touch
 
         def on_train_begin(self, args, state, control, **kwargs):
+            if turn is not None:
+                turn.begin()
             self.mark = clocks()
             self.points["train_begin"] = self.elapsed(self.mark)
 
@@ -172,10 +246,14 @@ def bench_callback(t0: tuple[float, float], probe=None, every: int = 0, target: 
             self.train = [t + d for t, d in zip(self.train, self.intervals[-1])]
             if probe is not None and self.crossed is None and state.global_step % every == 0:
                 self.probe(model, state.global_step, now)
+            if turn is not None:
+                turn.handover(last=state.global_step >= state.max_steps)
             self.mark = clocks()
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             now = clocks()
+            if turn is not None:
+                turn.finish()
             self.points["train_end"] = self.elapsed(now)
             if probe is not None and self.crossed is None and state.global_step % every != 0:
                 self.probe(model, state.global_step, now)

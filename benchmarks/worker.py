@@ -1,7 +1,8 @@
 """One measurement in a fresh process (its own peak RSS): ``python -m benchmarks.worker TASK ARGS_JSON OUT_JSON``.
 
-Tasks: ``train_run`` (figures 4, 5, 7: a loraplus or bare fine-tuning run) and ``step_memory`` (figure 7: one
-training configuration of figure 3, a warm-up step and ``steps`` more).
+Tasks: ``train_run`` (figures 4, 5, 7: a loraplus or bare fine-tuning run; for figure 5 two of them take turns, one
+optimizer step each) and ``step_memory`` (figure 7: one training configuration of figure 3, a warm-up step and
+``steps`` more).
 """
 
 from __future__ import annotations
@@ -19,27 +20,29 @@ def train_run(args: dict) -> dict:
     import transformers  # noqa: F401
 
     from benchmarks import bare_trainer
-    from benchmarks.common import bbc_splits, clocks, rss_mib
+    from benchmarks.common import LockStep, bbc_splits, clocks, rss_mib
     from benchmarks.fig_train_runs import accuracy_probe, bench_callback
     from loraplus.config import TrainConfig
     from loraplus.train import run_train
 
     baseline = rss_mib()[0]
     limits, workdir = dict(args["limits"]), Path(args["workdir"])
+    lock = args.get("lockstep")  # {"own", "peer", "first"}: alternate optimizer steps with a peer worker
+    turn = LockStep(lock["own"], lock["peer"], first=lock["first"]) if lock else None
     test = bbc_splits()["test"]  # also warms the file cache for both sides
     if limits.get("max_eval_samples"):
         test = test.select(range(min(limits["max_eval_samples"], len(test))))
     if args["kind"] == "loraplus":
         cfg = TrainConfig(model=args["model"], output_dir=str(workdir / "run"), overwrite=True, **limits)
-        probe = accuracy_probe(args["model"], test, cfg.max_length)
+        probe = accuracy_probe(args["model"], test, cfg.max_length) if args["probe_every"] else None
         t0 = clocks()
-        timer = bench_callback(t0, probe, args["probe_every"], args.get("target"))
+        timer = bench_callback(t0, probe, args["probe_every"], args.get("target"), turn=turn)
         metrics = run_train(cfg, callbacks=[timer])
         result = {"test_accuracy": metrics["test"]["accuracy"], "wall_time_s": metrics["wall_time_s"],
                   "train_samples": _train_size(workdir / "run")}  # fmt: skip
     else:
         t0 = clocks()
-        timer = bench_callback(t0)
+        timer = bench_callback(t0, turn=turn)
         result = bare_trainer.run(args["model"], str(workdir / "run"), callbacks=[timer], **limits)
     end = clocks()  # t0 -> the run's end (final evaluations and artifacts included)
     result["run_s"] = {"wall_s": end[0] - t0[0], "cpu_s": end[1] - t0[1]}

@@ -87,3 +87,85 @@ def test_interleaved_rotates_order_and_pairs_repeats():
     assert all(len(s) == 3 for s in samples.values())
     fake = {"a": [{"wall_s": 2.0, "cpu_s": 1.0}] * 3, "b": [{"wall_s": 1.0, "cpu_s": 1.0}] * 3}
     assert paired_ratio(fake, "a", "b")["wall"] == 2.0 and paired_ratio(fake, "a", "b")["cpu"] == 1.0
+
+
+def test_lockstep_alternates_steps_and_releases_the_peer(tmp_path):
+    import os
+    import threading
+
+    from benchmarks.common import LockStep
+
+    fifos = {who: tmp_path / f"{who}.fifo" for who in "ab"}
+    for path in fifos.values():
+        os.mkfifo(path)
+    order = []
+
+    def worker(who: str, steps: int):
+        turn = LockStep(str(fifos[who]), str(fifos["b" if who == "a" else "a"]), first=who == "a", timeout=30)
+        turn.begin()
+        for i in range(steps):
+            order.append(f"{who}{i}")
+            turn.handover(last=i == steps - 1)
+        turn.finish()
+
+    threads = [threading.Thread(target=worker, args=("a", 3)), threading.Thread(target=worker, args=("b", 4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert order == ["a0", "b0", "a1", "b1", "a2", "b2", "b3"]  # b runs on alone after a's last step
+
+
+def test_lockstep_stops_waiting_for_a_silent_peer(tmp_path):
+    import os
+
+    from benchmarks.common import LockStep
+
+    for name in ("own", "peer"):
+        os.mkfifo(tmp_path / name)
+    turn = LockStep(str(tmp_path / "own"), str(tmp_path / "peer"), first=False, timeout=0.2)
+    turn.begin()  # nobody hands the turn over: gives up after the timeout
+    assert turn.alone
+    turn.handover(last=False)  # no more waiting
+
+
+def test_throughput_lockstep_pairs_steps_after_the_first():
+    from benchmarks.fig_train_runs import throughput_lockstep
+
+    def run(times):
+        return {"timer": {"intervals": [[t, t] for t in times]}}
+
+    pair = {"bare": run([9.0, 2.0, 3.0, 2.0]), "loraplus": run([1.0, 1.0, 3.0, 4.0])}
+    rows, data = throughput_lockstep([pair])
+    assert data["steps"] == 3 and data["ratios"]["cpu"] == [2.0, 1.0, 0.5]
+    assert rows[0]["ratio"] == 1.0 and rows[0]["target"] == ">= 1" and rows[0]["passed"] is True
+    assert rows[1]["ratio"] == 7.0 / 8.0  # total bare / total loraplus over steps 2..4
+    low, high = data["median_ci95"]["cpu"]
+    assert 0.5 <= low <= 1.0 <= high <= 2.0  # a bootstrap median is one of the values' medians
+
+
+def test_median_interval_narrows_with_more_values():
+    from benchmarks.fig_train_runs import median_interval
+
+    few = [0.9, 1.1, 0.95, 1.05, 1.0]
+    wide, narrow = median_interval(few), median_interval(few * 20)
+    assert wide[0] <= 1.0 <= wide[1] and narrow[0] <= 1.0 <= narrow[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert median_interval([2.0] * 7) == [2.0, 2.0]
+
+
+def test_profile_phases_from_collapsed_stacks():
+    from benchmarks.profile_train import summarize
+
+    loop = "train (transformers/trainer.py:1);_inner_training_loop (transformers/trainer.py:2)"
+    raw = "\n".join([
+        f"{loop};training_step (t.py:3);backward (torch/_tensor.py:4);forward (x.py:5) 7",
+        f"{loop};training_step (t.py:3);forward (bert.py:6) 5",
+        f"{loop};__next__ (torch/utils/data/dataloader.py:7) 2",
+        f"{loop};_evaluate (transformers/trainer.py:11);forward (bert.py:6) 3",
+        f"{loop};on_pre_optimizer_step (loraplus/safety.py:8) 1",
+        "main (worker.py:9);load (models.py:10) 50",  # outside the training loop: not counted
+    ])  # fmt: skip
+    assert summarize(raw) == {"backward": 7, "forward": 5, "data: fetch + collate": 2, "loraplus NaN guard": 1,
+                            "evaluation (not timed)": 3}
