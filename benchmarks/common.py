@@ -65,13 +65,25 @@ def interleaved(variants: dict[str, Callable[[], None]], *, repeats: int, warmup
 
 
 def paired_ratio(samples: dict[str, list[dict]], num: str, den: str) -> dict:
-    """Median over repeats of ``num``'s time / ``den``'s time in the same repeat, for wall and CPU clocks."""
+    """Median over repeats of ``num``'s time / ``den``'s time in the same repeat, for wall and CPU clocks, with the
+    range (``{clock}_range``) and the bootstrap 95 % interval of the median (``{clock}_ci95``)."""
     out = {}
     for clock in ("wall", "cpu"):
         ratios = [a[f"{clock}_s"] / b[f"{clock}_s"] for a, b in zip(samples[num], samples[den]) if b[f"{clock}_s"] > 0]
         out[clock] = statistics.median(ratios) if ratios else float("nan")
         out[f"{clock}_range"] = [min(ratios), max(ratios)] if ratios else None
+        out[f"{clock}_ci95"] = median_interval(ratios) if ratios else None
     return out
+
+
+def median_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap 95 % interval of the median of ``values`` (seeded: the same values give the same
+    interval). With few values it is coarse: it can only end at values of the sample."""
+    import random
+
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 def medians(samples: dict[str, list[dict]], per: int = 1) -> dict[str, dict]:
@@ -117,8 +129,12 @@ def skipped_row(name: str, reason: str) -> dict:
 
 
 def ratio_row(name: str, pr: dict, target: tuple[str, float] | None, *, note: str = "", value: str = "") -> dict:
-    """A row from ``paired_ratio``'s result."""
+    """A row from ``paired_ratio``'s result; ``spread`` holds the per-repeat range, the note the cpu ratio's 95 %
+    interval."""
     spread = {"wall": pr["wall_range"], "cpu": pr["cpu_range"]}
+    ci = pr.get("cpu_ci95")
+    if ci:
+        note = "; ".join(x for x in (f"95 % interval {ci[0]:.3f}..{ci[1]:.3f}", note) if x)
     return row(name, wall=pr["wall"], cpu=pr["cpu"], target=target, spread=spread, note=note, value=value)
 
 
@@ -285,13 +301,23 @@ class LockStep:
 
 
 def rss_mib() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MiB (Linux: ``ru_maxrss`` is in KiB)."""
+    """(current RSS, peak RSS) of this process in MiB.
+
+    Peak: ``VmHWM`` of ``/proc/self/status`` (this process image's high-water mark). Not ``ru_maxrss``: Linux keeps
+    that across ``exec``, so a worker started by a parent holding 4.4 GiB reported 4.4 GiB whatever it used.
+    ``ru_maxrss`` (KiB) only where ``/proc`` is missing."""
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = {}
     try:
+        with open("/proc/self/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
         with open("/proc/self/statm") as f:
             current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         current = float("nan")
+    if "VmHWM" in status:
+        peak = int(status["VmHWM"].split()[0]) / 1024  # "  2036 kB"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return current, peak

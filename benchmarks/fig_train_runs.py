@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from benchmarks.common import Context, row, run_worker, run_workers
+from benchmarks.common import Context, median_interval, row, run_worker, run_workers
 
 NAME_TTA, TITLE_TTA = "time_to_accuracy", "4 time to accuracy"
 NAME_TPUT, TITLE_TPUT = "throughput", "5 throughput"
@@ -191,16 +191,6 @@ def throughput_lockstep(pairs: list[dict]) -> tuple[list[dict], dict]:
             cpu=sums["cpu"][1] / sums["cpu"][0], value=f"{sums['cpu'][0]:.1f} vs {sums['cpu'][1]:.1f} cpu-s"),
     ]  # fmt: skip
     return rows, {"ratios": ratios, "sums_s": sums, "steps": n, "median_ci95": ci}
-
-
-def median_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
-    """Percentile bootstrap 95 % interval of the median of ``values`` (seeded: the same values give the same
-    interval)."""
-    import random
-
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 # ---------------------------------------------------------------- inside the worker process

@@ -88,6 +88,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second (default 50)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the raw stacks (default: a temporary one)")
     options = parser.parse_args(argv)
+    for name in ("steps", "rate"):
+        if getattr(options, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(options, name)}")
     if shutil.which("py-spy") is None:
         parser.error("py-spy is not installed: .venv/bin/pip install py-spy")
     from loraplus.models import resolve_model

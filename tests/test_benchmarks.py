@@ -146,7 +146,7 @@ def test_throughput_lockstep_pairs_steps_after_the_first():
 
 
 def test_median_interval_narrows_with_more_values():
-    from benchmarks.fig_train_runs import median_interval
+    from benchmarks.common import median_interval
 
     few = [0.9, 1.1, 0.95, 1.05, 1.0]
     wide, narrow = median_interval(few), median_interval(few * 20)
@@ -169,3 +169,15 @@ def test_profile_phases_from_collapsed_stacks():
     ])  # fmt: skip
     assert summarize(raw) == {"backward": 7, "forward": 5, "data: fetch + collate": 2, "loraplus NaN guard": 1,
                             "evaluation (not timed)": 3}
+
+
+def test_worker_peak_rss_is_its_own_not_the_parents(tmp_path):
+    """A worker spawned by a process holding ~600 MiB reports its own peak (ru_maxrss would report the parent's)."""
+    import subprocess
+
+    big = bytearray(600 * 2**20)
+    big[:: 4096] = b"\x01" * len(range(0, len(big), 4096))  # touch every page
+    code = "from benchmarks.common import rss_mib; print(rss_mib()[1])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    del big
+    assert 1 < float(out) < 300, out
