@@ -6,6 +6,7 @@ import functools
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,12 @@ def clocks() -> tuple[float, float]:
 
 
 def interleaved(variants: dict[str, Callable[[], None]], *, repeats: int, warmup: int = 1) -> dict[str, list[dict]]:
-    """Time each variant ``repeats`` times, rotating the order every repeat (A B C, B C A, C A B, ...).
+    """Time each variant ``repeats`` times, in a new order every repeat: a seeded shuffle (seed 0), not a rotation.
+
+    A rotation (A B C, B C A, C A B) keeps each variant's predecessor fixed (A always runs after C), so a variant
+    that leaves the caches or the allocator cold (full fine-tuning of a second model copy) slows the same
+    neighbour every time (figure 3: the LoRA+ step always ran right after full fine-tuning). Shuffled orders give
+    every variant every predecessor.
 
     Each callable is one block (it may loop over several steps itself). ``gc`` is collected before and disabled during
     each block. Returns ``{name: [{"wall_s", "cpu_s"}, ...]}`` (one entry per repeat, aligned across variants).
@@ -47,11 +53,12 @@ def interleaved(variants: dict[str, Callable[[], None]], *, repeats: int, warmup
     for fn in variants.values():
         for _ in range(warmup):
             fn()
-    names = list(variants)
+    names, rng = list(variants), random.Random(0)
     samples: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+    for _ in range(repeats):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
             gc.collect()
             gc.disable()
             try:

@@ -123,17 +123,17 @@ def run_tta(ctx: Context, cfg: dict) -> dict:
     t_bare = bare["timer"]["train_end"]
     if hit is None:
         ratio = cpu = math.inf
-        value = f"X = {x:.4f} (bare, {t_bare['wall_s']:.0f} s); loraplus never reached it (final {lp['test_accuracy']:.4f})"
+        value = f"X = {x:.4f} (bare, {t_bare['wall_s']:.3g} s); loraplus never reached it (final {lp['test_accuracy']:.4f})"
     else:
         ratio, cpu = hit["wall_s"] / t_bare["wall_s"], hit["cpu_s"] / t_bare["cpu_s"]
-        value = (f"X = {x:.4f}: bare {t_bare['wall_s']:.0f} s ({t_bare['cpu_s']:.0f} cpu-s), loraplus {hit['wall_s']:.0f} s "
-                 f"({hit['cpu_s']:.0f} cpu-s) at step {hit['step']}, acc {hit['accuracy']:.4f}; final {lp['test_accuracy']:.4f}")  # fmt: skip
+        value = (f"X = {x:.4f}: bare {t_bare['wall_s']:.3g} s ({t_bare['cpu_s']:.3g} cpu-s), loraplus {hit['wall_s']:.3g} s "
+                 f"({hit['cpu_s']:.3g} cpu-s) at step {hit['step']}, acc {hit['accuracy']:.4f}; final {lp['test_accuracy']:.4f}")  # fmt: skip
     whole = {k: (lp["run_s"][k] - lp["timer"]["excluded"][k]) / bare["run_s"][k] for k in ("wall_s", "cpu_s")}
     rows = [
         row("loraplus train defaults / bare script, time to X", wall=ratio, cpu=cpu, target=("<=", 0.5), value=value,
             note=f"probed every {cfg['probe_every']} steps, probe time excluded"),
         row("whole run (incl. final evals): loraplus / bare", wall=whole["wall_s"], cpu=whole["cpu_s"],
-            value=f"{lp['run_s']['wall_s'] - lp['timer']['excluded']['wall_s']:.0f} s vs {bare['run_s']['wall_s']:.0f} s",
+            value=f"{lp['run_s']['wall_s'] - lp['timer']['excluded']['wall_s']:.3g} s vs {bare['run_s']['wall_s']:.3g} s",
             note="loraplus' periodic validation + checkpoints included, probes excluded"),
     ]  # fmt: skip
     return {"rows": rows, "data": runs}
@@ -182,13 +182,13 @@ def throughput_lockstep(pairs: list[dict]) -> tuple[list[dict], dict]:
     quartiles = [float(q) for q in statistics.quantiles(ratios["cpu"], n=4)[::2]] if len(ratios["cpu"]) > 1 else None
     n = len(ratios["cpu"])
     rows = [
-        row("training steps taken in turns: loraplus / bare samples/s", wall=median["wall"], cpu=median["cpu"],
+        row("steps taken in turns: loraplus / bare samples/s", wall=median["wall"], cpu=median["cpu"],
             target=(">=", 1.0), spread=ci,
             value=f"median of {n} adjacent step pairs, 95 % interval {ci['cpu'][0]:.3f}..{ci['cpu'][1]:.3f}; "
                   f"mean step {sums['cpu'][0] / n:.3g} vs {sums['cpu'][1] / n:.3g} cpu-s",
             note="one step's ratio varies " + (f"{quartiles[0]:.3f}..{quartiles[1]:.3f} (quartiles)" if quartiles else "-")),
         row("same steps, ratio of total step times", wall=sums["wall"][1] / sums["wall"][0],
-            cpu=sums["cpu"][1] / sums["cpu"][0], value=f"{sums['cpu'][0]:.1f} vs {sums['cpu'][1]:.1f} cpu-s"),
+            cpu=sums["cpu"][1] / sums["cpu"][0], value=f"{sums['cpu'][0]:.3g} vs {sums['cpu'][1]:.3g} cpu-s"),
     ]  # fmt: skip
     return rows, {"ratios": ratios, "sums_s": sums, "steps": n, "median_ci95": ci}
 

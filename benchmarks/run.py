@@ -118,8 +118,12 @@ def table(results: dict, names: list[str]) -> str:
              f"({m['torch_threads']} threads), transformers {v['transformers']}, peft {v['peft']}, "
              f"load avg {m['load_avg_1m']:.1f}, git {m['git']}"]  # fmt: skip
     lines.append(f"ratio = {results.get('clock', 'cpu')}-time ratio (status from it); cpu = this process's CPU seconds, "
-                 "wall = elapsed; each a median of paired ratios over interleaved repeats")
-    head = f"{'figure':<20} {'measurement':<52} {'ratio':>7} {'cpu':>7} {'wall':>7} {'target':>8} {'status':>6}  detail"
+                 "wall = elapsed; each a median of paired ratios over interleaved repeats (so it can differ from the "
+                 "ratio of the medians in the detail)")  # fmt: skip
+    if any(results["figures"].get(n, {}).get("quick") for n in names):
+        lines.append("QUICK MODE: tiny models and smoke sizes check that every figure runs; their ratios and PASS/FAIL "
+                     "say nothing about performance")  # fmt: skip
+    head = f"{'figure':<20} {'measurement':<60} {'ratio':>7} {'cpu':>7} {'wall':>7} {'target':>8} {'status':>6}  detail"
     lines += [head, "-" * len(head)]
     for name in names:
         fig = results["figures"].get(name)
@@ -128,7 +132,7 @@ def table(results: dict, names: list[str]) -> str:
         for r in fig["rows"]:
             ratio, cpu, wall = (_num(r.get(k)) for k in ("ratio", "ratio_cpu", "ratio_wall"))
             detail = "; ".join(x for x in (r.get("value", ""), r.get("note", "")) if x)
-            lines.append(f"{fig['title']:<20} {r['name'][:52]:<52} {ratio:>7} {cpu:>7} {wall:>7} {r['target'] or '-':>8} "
+            lines.append(f"{fig['title']:<20} {r['name'][:60]:<60} {ratio:>7} {cpu:>7} {wall:>7} {r['target'] or '-':>8} "
                          f"{status(r):>6}  {detail}")  # fmt: skip
     return "\n".join(lines)
 
@@ -150,7 +154,29 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (worker logs, run folders)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in every process (default 1; 0: torch's default, one per core)")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    if options.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: torch's default), got {options.threads}")
+    if options.out is not None and not options.out.parent.is_dir():
+        parser.error(f"--out: folder {str(options.out.parent)!r} does not exist")
+    return options
+
+
+def stored_results(out: Path, quick: bool) -> dict:
+    """The results already in ``out`` (figures not rerun are kept), or ``{}``.
+
+    Raises:
+        ValueError: ``out`` holds figures of the other size (quick smoke vs full): one file describes one kind.
+    """
+    try:
+        results = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    other = sorted(n for n, fig in results.get("figures", {}).items() if bool(fig.get("quick")) != quick)
+    if other:
+        kind = "full-size" if quick else "--quick"
+        raise ValueError(f"{out} holds {kind} figures ({', '.join(other)}); write this run elsewhere with --out")
+    return results
 
 
 def main(argv=None) -> dict:
@@ -167,9 +193,9 @@ def main(argv=None) -> dict:
     out = options.out or HERE / ("results-quick.json" if options.quick else "results.json")
     names = options.only or list(figures())
     try:
-        results = json.loads(out.read_text())
-    except (OSError, ValueError):
-        results = {}
+        results = stored_results(out, options.quick)
+    except ValueError as err:
+        sys.exit(f"python -m benchmarks: error: {err}")
     results.setdefault("figures", {})
     results["machine"], results["clock"], src = machine(), options.clock, source_hash()
     ctx = Context(quick=options.quick)
@@ -190,7 +216,8 @@ def main(argv=None) -> dict:
             failed = {**row("figure failed", note=f"{type(err).__name__}: {err}"[:300]), "error": True}
             fig = {"rows": [failed], "error": True}
         fig.update(title=title, config=cfg, config_hash=key, quick=options.quick, elapsed_s=time.perf_counter() - start,
-                   load_avg_1m=[load, os.getloadavg()[0]], finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))  # fmt: skip
+                   load_avg_1m=[load, os.getloadavg()[0]], finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   git=results["machine"]["git"])  # fmt: skip
         for r in fig["rows"]:
             decide(r, options.clock)
         results["figures"][name] = fig

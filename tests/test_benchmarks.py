@@ -79,12 +79,21 @@ def test_main_writes_json_and_resume_skips(tmp_path, one_thread, capsys):
     assert not list(tmp_path.glob(".results.json.*"))  # atomic write leaves no temporary file
 
 
-def test_interleaved_rotates_order_and_pairs_repeats():
+def test_interleaved_shuffles_order_and_pairs_repeats(monkeypatch):
+    import benchmarks.common
+
+    monkeypatch.setattr(benchmarks.common.gc, "collect", lambda: 0)  # a full collection per block is slow in a big test process
     calls = []
     variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    samples = interleaved(variants, repeats=3, warmup=0)
-    assert calls == list("abcbcacab")
-    assert all(len(s) == 3 for s in samples.values())
+    samples = interleaved(variants, repeats=12, warmup=0)
+    blocks = ["".join(calls[i : i + 3]) for i in range(0, len(calls), 3)]
+    assert all(sorted(b) == list("abc") for b in blocks)  # every variant once per repeat
+    predecessors = {(x, y) for x, y in zip(calls, calls[1:]) if x != y}
+    assert predecessors == {(x, y) for x in "abc" for y in "abc" if x != y}  # no fixed neighbour
+    again = []
+    interleaved({n: (lambda n=n: again.append(n)) for n in "abc"}, repeats=12, warmup=0)
+    assert again == calls  # seeded: the same order every run
+    assert all(len(s) == 12 for s in samples.values())
     fake = {"a": [{"wall_s": 2.0, "cpu_s": 1.0}] * 3, "b": [{"wall_s": 1.0, "cpu_s": 1.0}] * 3}
     assert paired_ratio(fake, "a", "b")["wall"] == 2.0 and paired_ratio(fake, "a", "b")["cpu"] == 1.0
 
@@ -181,3 +190,25 @@ def test_worker_peak_rss_is_its_own_not_the_parents(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     del big
     assert 1 < float(out) < 300, out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "-3"], "--threads must be >= 0 (0: torch's default), got -3"),
+    (["--out", "/nonexistent-loraplus-dir/x.json"], "--out: folder '/nonexistent-loraplus-dir' does not exist"),
+])  # fmt: skip
+def test_bad_options_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not Path("/nonexistent-loraplus-dir").exists()
+
+
+def test_quick_run_refuses_a_file_of_full_figures(tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"figures": {"group_build": {"quick": False, "rows": []}}}))
+    before = out.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--quick", "--only", "group_build", "--out", str(out)])
+    assert "holds full-size figures (group_build)" in str(exit_info.value.code)
+    assert out.read_text() == before  # nothing of the full run is lost
