@@ -34,8 +34,8 @@ def accuracy(eval_pred) -> dict:
 def run(model_path: str, output_dir: str, *, lr: float = 2e-4, epochs: float = 1.0, batch_size: int = 16,
         max_length: int = 128, max_train_samples: int | None = None, max_eval_samples: int | None = None,
         max_steps: int = -1, callbacks=()) -> dict:  # fmt: skip
-    """Train (``max_steps`` > 0: stop after that many optimizer steps) and evaluate; returns ``{"test_accuracy", "train_runtime_s", "train_samples_per_second", "train_samples",
-    "wall_time_s"}`` (wall time from the call to the end of the test evaluation)."""
+    """Train (``max_steps`` > 0: stop after that many optimizer steps) and evaluate; returns ``{"test_accuracy",
+    "train_runtime_s", "train_samples_per_second", "train_samples", "wall_time_s"}`` (wall time from the call to the end of the test evaluation)."""
     start = time.perf_counter()
     set_seed(0)  # the new head and the LoRA A factors are drawn at load time, before the Trainer seeds anything
     data = load_classification_data("bbc-news", seed=0)
@@ -59,7 +59,8 @@ def run(model_path: str, output_dir: str, *, lr: float = 2e-4, epochs: float = 1
     optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=16)
     args = TrainingArguments(
         output_dir=output_dir, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=64, seed=0, report_to="none", use_cpu=not torch.cuda.is_available(),
+        per_device_train_batch_size=batch_size, per_device_eval_batch_size=64, seed=0, report_to="none",
+        use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=test, optimizers=(optimizer, None),
                       compute_metrics=accuracy, callbacks=list(callbacks))  # fmt: skip
