@@ -35,7 +35,8 @@ def run(model_path: str, output_dir: str, *, lr: float = 2e-4, epochs: float = 1
         max_length: int = 128, max_train_samples: int | None = None, max_eval_samples: int | None = None,
         max_steps: int = -1, callbacks=()) -> dict:  # fmt: skip
     """Train (``max_steps`` > 0: stop after that many optimizer steps) and evaluate; returns ``{"test_accuracy",
-    "train_runtime_s", "train_samples_per_second", "train_samples", "wall_time_s"}`` (wall time from the call to the end of the test evaluation)."""
+    "train_runtime_s", "train_samples_per_second", "train_samples", "wall_time_s"}`` (wall time from the call to the
+    end of the test evaluation)."""
     start = time.perf_counter()
     set_seed(0)  # the new head and the LoRA A factors are drawn at load time, before the Trainer seeds anything
     data = load_classification_data("bbc-news", seed=0)
