@@ -182,9 +182,9 @@ def load_minilm():
 def smollm2_path() -> tuple[str | None, str]:
     """(folder of the built-in smollm2-135m, "") or (None, why it is unavailable)."""
     try:
-        from loraplus.causal import resolve_smollm2
+        from loraplus.tasks.causal_lm import resolve_smollm2
     except ImportError as err:
-        return None, f"loraplus.causal.resolve_smollm2 unavailable ({err})"
+        return None, f"loraplus.tasks.causal_lm.resolve_smollm2 unavailable ({err})"
     try:
         return resolve_smollm2(), ""
     except (ImportError, ValueError, OSError) as err:

@@ -54,7 +54,7 @@ def base_model(kind: str):
         path, why = smollm2_path()
         if path is None:
             raise Unavailable(why)
-        from loraplus.causal import load_causal_lm
+        from loraplus.tasks.causal_lm import load_causal_lm
 
         return load_causal_lm(path)
     return None, tiny_bert() if kind == "tiny-bert" else tiny_llama()

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def figures() -> dict:
-    """``{name: (title, config(quick) -> dict, run(ctx, cfg) -> dict)}`` in the issue's order."""
+    """``{name: (title, config(quick) -> dict, run(ctx, cfg) -> dict)}`` in the order of the figures."""
     from benchmarks import fig_groups, fig_memory, fig_monitor, fig_optimizer, fig_train_runs, fig_train_step
 
     tr = fig_train_runs

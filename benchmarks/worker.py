@@ -60,7 +60,7 @@ def step_memory(args: dict) -> dict:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    import loraplus.causal  # noqa: F401
+    import loraplus.tasks.causal_lm  # noqa: F401
     import loraplus.models  # noqa: F401
     from benchmarks.common import rss_mib
     from benchmarks.fig_train_step import setup, train_step

@@ -10,4 +10,4 @@ COMMON="--task causal-lm --model smollm2-135m --dataset sms-spam --max-length 64
 $LP sweep $COMMON --output-dir experiments/sweep-smollm2-sms --metric macro_f1 --jobs 2 \
     --lr-a-min 1e-4 --lr-a-max 1.6e-3 --lr-a-points 3 --lr-b-min 1e-4 --lr-b-max 6.4e-3 --lr-b-points 4 --seeds 0
 $LP compare $COMMON --output-dir experiments/compare-smollm2-sms --metric macro_f1 --jobs 2 \
-    --methods lora,loraplus,lorafa,riemannian --lrs 1e-4,4e-4,1.6e-3 --seeds 0,1,2 --ratio 16
+    --methods lora,loraplus,lorafa,riemannian --lrs 1e-4,4e-4,1.6e-3 --seeds 0,1,2 --loraplus-lr-ratio 16

@@ -9,4 +9,4 @@ COMMON="--model minilm-l6 --dataset bbc-news --max-length 32 --max-steps 60 --ba
 $LP sweep $COMMON --output-dir experiments/sweep-bbc32 --eval-steps 60 \
     --lr-a-min 1e-4 --lr-a-max 2.7e-3 --lr-a-points 4 --lr-b-min 1e-4 --lr-b-max 2.43e-2 --lr-b-points 6 --seeds 0
 $LP compare $COMMON --output-dir experiments/compare-bbc32 --eval-steps 10 \
-    --lrs 3e-4,9e-4,2.7e-3,8.1e-3,2.43e-2 --seeds 0,1,2 --ratio 16
+    --lrs 3e-4,9e-4,2.7e-3,8.1e-3,2.43e-2 --seeds 0,1,2 --loraplus-lr-ratio 16

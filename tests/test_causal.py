@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from loraplus.causal import (
+from loraplus.tasks.causal_lm import (
     IGNORE_INDEX,
     answer_format,
     answer_stats,
-    build_causal_trainer,
     causal_metrics,
     encode_example,
     tokenize_causal,
 )
 from loraplus.config import TrainConfig
+from loraplus.train import build_trainer
 
 from conftest import make_tokenizer
 
@@ -144,7 +144,7 @@ def fake_conversion(monkeypatch, tmp_path):
 
 
 def test_gguf_model_is_converted_once_then_reused(fake_conversion, tmp_path):
-    from loraplus.causal import resolve_smollm2
+    from loraplus.tasks.causal_lm import resolve_smollm2
     from loraplus.models import resolve_model
 
     folder = resolve_model("smollm2-135m")
@@ -156,7 +156,7 @@ def test_gguf_model_is_converted_once_then_reused(fake_conversion, tmp_path):
 
 def test_killed_conversion_leaves_no_folder(fake_conversion, monkeypatch, tmp_path):
     from loraplus import models
-    from loraplus.causal import resolve_smollm2
+    from loraplus.tasks.causal_lm import resolve_smollm2
 
     def crash(gguf, out):
         (out / "config.json").write_text("{}")
@@ -173,19 +173,19 @@ def test_killed_conversion_leaves_no_folder(fake_conversion, monkeypatch, tmp_pa
 
 def tiny_causal_config(out, **overrides) -> TrainConfig:
     options = dict(
-        output_dir=str(out), learning_rate=2e-2, loraplus_lr_ratio=4.0, max_steps=24, batch_size=8,
+        task="causal-lm", output_dir=str(out), learning_rate=2e-2, loraplus_lr_ratio=4.0, max_steps=24, batch_size=8,
         eval_batch_size=32, max_length=32, eval_steps=24, logging_steps=8, lora_dropout=0.0, warmup_ratio=0.0,
     )  # fmt: skip
     options.update(overrides)
     return TrainConfig(**options)
 
 
-def test_tiny_llama_learns_the_answer_through_build_causal_trainer(tiny_llama_dir, tiny_csv, tmp_path):
+def test_tiny_llama_learns_the_answer_through_build_trainer(tiny_llama_dir, tiny_csv, tmp_path):
     from loraplus.data import load_classification_data
 
     data = load_classification_data(str(tiny_csv), seed=0)
     cfg = tiny_causal_config(tmp_path / "run")
-    trainer, tokenizer, tokenized = build_causal_trainer(cfg, str(tiny_llama_dir), tmp_path / "run", data)
+    trainer, tokenizer, tokenized = build_trainer(cfg, str(tiny_llama_dir), tmp_path / "run", data)
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {"q_proj", "v_proj"}  # PEFT's Llama default
@@ -206,7 +206,7 @@ def test_max_length_beyond_the_model_is_rejected(tiny_llama_dir, tiny_csv, tmp_p
 
     data = load_classification_data(str(tiny_csv), seed=0)
     with pytest.raises(ValueError, match="max_length=512 exceeds the model's limit of 128"):
-        build_causal_trainer(tiny_causal_config(tmp_path, max_length=512), str(tiny_llama_dir), tmp_path, data)
+        build_trainer(tiny_causal_config(tmp_path, max_length=512), str(tiny_llama_dir), tmp_path, data)
 
 
 # ---------------------------------------------------------------- the real model (cached after the first run)
@@ -217,17 +217,17 @@ def test_max_length_beyond_the_model_is_rejected(tiny_llama_dir, tiny_csv, tmp_p
 def test_smollm2_on_sms_spam_runs_two_steps(tmp_path):
     """Converts the GGUF on the first run ever (~25-35 s), then reuses the cache; 2 LoRA+ steps on sms-spam."""
     pytest.importorskip("gguf")
-    from loraplus.causal import resolve_smollm2
+    from loraplus.tasks.causal_lm import resolve_smollm2
     from loraplus.data import load_classification_data
 
     folder = resolve_smollm2()
     start = time.perf_counter()
     assert resolve_smollm2() == folder and time.perf_counter() - start < 2.0
     data = load_classification_data("sms-spam", seed=0)
-    cfg = TrainConfig(model="smollm2-135m", dataset="sms-spam", output_dir=str(tmp_path), max_steps=2, batch_size=4,
+    cfg = TrainConfig(task="causal-lm", model="smollm2-135m", dataset="sms-spam", output_dir=str(tmp_path), max_steps=2, batch_size=4,
                       eval_batch_size=8, max_length=64, max_train_samples=16, max_eval_samples=8, eval_steps=2,
                       learning_rate=2e-4)  # fmt: skip
-    trainer, _, _ = build_causal_trainer(cfg, folder, tmp_path, data)
+    trainer, _, _ = build_trainer(cfg, folder, tmp_path, data)
     assert trainer.train().global_step == 2
     metrics = trainer.evaluate()
     assert np.isfinite(metrics["eval_loss"]) and metrics["eval_perplexity"] > 1.0

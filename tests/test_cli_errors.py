@@ -33,6 +33,7 @@ YAML = {
     "mapping_for_list.yaml": "target_modules: {query: 1}\n",
     "alias_twice.yaml": "lr: 1e-3\nlearning_rate: 2e-3\n",
     "latin1.yaml": "model: caf\xe9\n".encode("latin-1"),
+    "sweep_lr.yaml": "learning_rate: 1e-3\n",
 }
 
 CASES = [
@@ -72,6 +73,16 @@ CASES = [
     (["--config", "alias_twice.yaml"], "train", r"sets 'learning_rate' twice"),
     (["--config", "latin1.yaml"], "train", r"config file '.*latin1\.yaml' is not UTF-8 \(byte \d+\); save it as UTF-8"),
     (["--lr-a-min", "0"], "sweep", r"need 0 < lr_a_min <= lr_a_max, got 0\.0 and"),
+    # an option the experiment sets itself is refused, even at its default value, pointing at the experiment's own
+    (["--learning-rate", "1e-3"], "sweep", r"--learning-rate \(learning_rate\) is set by the experiment itself for "
+     r"every run; use --lr-a-min/--lr-a-max"),
+    (["--lr", "1e-3"], "sweep", r"--learning-rate \(learning_rate\) is set by the experiment .*--lr-a-min"),
+    (["--loraplus-lr-ratio", "4"], "sweep", r"--loraplus-lr-ratio .* use --lr-b-min/--lr-b-max"),
+    (["--seed", "3"], "sweep", r"--seed \(seed\) is set by the experiment itself for every run; use --seeds"),
+    (["--config", "sweep_lr.yaml"], "sweep", r"key 'learning_rate' in .*sweep_lr\.yaml.*use --lr-a-min"),
+    (["--learning-rate", "1e-3"], "compare", r"--learning-rate .* use --lrs"),
+    (["--ratio", "16"], "compare", r"unrecognized arguments: --ratio 16"),
+    (["--loraplus-lr-ratio", "auto"], "compare", r"compare needs a number for loraplus_lr_ratio"),
     (["--seeds", "1,x"], "sweep", r"seeds must be integers, got \('1', 'x'\)"),
     (["--methods", "lora,foo"], "compare", r"unknown method\(s\) \['foo'\]; choose from lora, loraplus"),
     (["--lrs", "1e-3,-1"], "compare", r"lrs must be finite numbers > 0"),

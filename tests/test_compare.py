@@ -12,7 +12,7 @@ def tiny_compare(model_dir, data_path, out, **overrides):
         model=str(model_dir), dataset=str(data_path), output_dir=str(out), max_steps=6, batch_size=8,
         eval_batch_size=16, max_length=16, eval_steps=2, logging_steps=2, target_modules=("query", "value"),
         methods=("lora", "loraplus-head-lrB", "lorafa", "riemannian"), lrs=("1e-3", "4e-3"),
-        seeds=("0", "1"), ratio=8.0, jobs=2,
+        seeds=("0", "1"), loraplus_lr_ratio=8.0, jobs=2,
     )  # fmt: skip
     options.update(overrides)
     return CompareConfig(**options)

@@ -14,7 +14,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from loraplus.groups import loraplus_param_groups
-from loraplus.monitor import FeatureLearningMonitor, add_feature_learning_callback, aggregate_records, plot_monitor
+from loraplus.hf import add_feature_learning_callback
+from loraplus.monitor import FeatureLearningMonitor, aggregate_records, plot_monitor
 
 LOG10_16 = math.log10(16)
 

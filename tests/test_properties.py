@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis): LoRA+ grouping over random module trees, and configs that never crash.
 
-1. Random trees mixing the LoRA naming conventions of REFERENCE.md (PEFT ``lora_A``/``lora_B`` ModuleDicts and
+1. Random trees mixing the LoRA naming conventions (PEFT ``lora_A``/``lora_B`` ModuleDicts and
    embedding ParameterDicts, torchtune ``lora_a``/``lora_b``, kohya ``lora_down``/``lora_up``, Megatron
    ``linear_in``/``linear_out``, loralib Parameters), random ranks, frozen/trainable mixes, biases, norms, tied
    tensors and shared modules: every trainable parameter lands in exactly one named, non-empty group, no frozen
@@ -204,31 +204,63 @@ def options_for(cls):
     return st.dictionaries(st.sampled_from(names), WILD, max_size=6)
 
 
-def valid_or_value_error(build) -> None:
+def valid_or_value_error(build, check=None) -> None:
+    """``build()`` raises ValueError, or its result passes ``check`` (the accepted values are in range)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            build()
+            built = build()
         except ValueError:
-            pass  # any other exception type fails the test
+            return  # any other exception type fails the test
+    if check is not None:
+        check(built)
+
+
+POSITIVE_INTS = ("r", "batch_size", "eval_batch_size", "max_length", "eval_steps", "logging_steps", "monitor_every")
+
+
+def check_train_config(cfg) -> None:
+    """What an accepted ``TrainConfig`` guarantees: numbers finite and in range, ints ints, a known task."""
+    import math
+
+    from loraplus.tasks import TASKS
+
+    assert cfg.task in TASKS and isinstance(cfg.model, str) and cfg.model.strip()
+    assert math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0
+    assert cfg.loraplus_lr_ratio == "auto" or (math.isfinite(cfg.loraplus_lr_ratio) and cfg.loraplus_lr_ratio > 0)
+    assert math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0
+    assert 0 <= cfg.lora_dropout < 1 and 0 <= cfg.warmup_ratio < 1
+    for name in POSITIVE_INTS:
+        value = getattr(cfg, name)
+        assert isinstance(value, int) and not isinstance(value, bool) and value > 0, (name, value)
+    assert cfg.max_steps == -1 or cfg.max_steps > 0
+    assert 0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1
+
+
+def check_groups(groups) -> None:
+    import math
+
+    assert groups and all(g["params"] for g in groups)
+    for g in groups:
+        assert math.isfinite(g["lr"]) and g["lr"] > 0 and math.isfinite(g["weight_decay"]) and g["weight_decay"] >= 0
 
 
 @SETTINGS
 @given(options=options_for(TrainConfig))
 def test_train_config_is_valid_or_raises_value_error(options):
-    valid_or_value_error(lambda: TrainConfig(**options))
+    valid_or_value_error(lambda: TrainConfig(**options), check_train_config)
 
 
 @SETTINGS
 @given(options=options_for(SweepConfig))
 def test_sweep_config_is_valid_or_raises_value_error(options):
-    valid_or_value_error(lambda: SweepConfig(**options))
+    valid_or_value_error(lambda: SweepConfig(**options), check_train_config)
 
 
 @SETTINGS
 @given(options=options_for(CompareConfig))
 def test_compare_config_is_valid_or_raises_value_error(options):
-    valid_or_value_error(lambda: CompareConfig(**options))
+    valid_or_value_error(lambda: CompareConfig(**options), check_train_config)
 
 
 GROUP_OPTIONS = ("lr", "loraplus_lr_ratio", "loraplus_lr_embedding", "weight_decay", "loraplus_lr_other")
@@ -245,4 +277,4 @@ def peft_embedding_model():
 @given(options=st.dictionaries(st.sampled_from(GROUP_OPTIONS), WILD, max_size=5))
 def test_group_options_are_valid_or_raise_value_error(peft_embedding_model, options):
     options.setdefault("lr", 1e-3)
-    valid_or_value_error(lambda: loraplus_param_groups(peft_embedding_model, **options))
+    valid_or_value_error(lambda: loraplus_param_groups(peft_embedding_model, **options), check_groups)

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from loraplus.config import TrainConfig
-from loraplus.ratio import TOY_EXPONENT, RatioCommand, crossing, probe_ratio, ratio_from_width
+from loraplus.ratio import RatioCommand, crossing, probe_ratio
+from loraplus.train import resolve_ratio
+from loraplus.width_rule import TOY_EXPONENT, ratio_from_width
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +31,9 @@ def test_toy_exponent_is_the_committed_toy_result():
 def test_crossing_interpolates_in_log_ratio():
     ratio, how = crossing([1.0, 4.0, 16.0], [-0.5, 0.5, 1.0])
     assert ratio == pytest.approx(2.0) and how == "interpolated crossing"
-    assert crossing([1.0, 4.0], [0.3, 0.6]) == (1.0, crossing([1.0, 4.0], [0.3, 0.6])[1])
-    assert "upper bound" in crossing([1.0, 4.0], [0.3, 0.6])[1]
+    assert crossing([1.0, 4.0], [0.3, 0.6]) == (
+        1.0, "B's change dominates at every candidate: the smallest candidate, an upper bound"
+    )
     assert crossing([1.0, 4.0], [-0.3, None])[0] == 1.0
     assert "lower bound" in crossing([1.0, 4.0], [-0.3, -0.1])[1]
     with pytest.raises(ValueError, match="no δ_A/δ_B pair"):
@@ -59,4 +62,23 @@ def test_probe_log_ratio_rises_with_the_ratio_at_fixed_lr_b(tiny_bert_dir, tiny_
 
 @pytest.mark.realdata
 def test_auto_ratio_uses_the_width_rule_for_minilm():
-    assert TrainConfig(loraplus_lr_ratio="auto").loraplus_lr_ratio == pytest.approx(ratio_from_width(384))
+    cfg = TrainConfig(loraplus_lr_ratio="auto")
+    assert cfg.loraplus_lr_ratio == "auto"  # kept as given: resolved when the run starts
+    assert resolve_ratio(cfg) == pytest.approx(ratio_from_width(384))
+
+
+def test_auto_ratio_config_does_no_io(monkeypatch):
+    """Building a config with ratio auto never reads a model: a model that does not exist is fine until the run."""
+    import loraplus.train
+
+    def no_io(*args, **kwargs):
+        raise AssertionError("the config read a model")
+
+    monkeypatch.setattr(loraplus.train, "width_rule_for", no_io)
+    cfg = TrainConfig(loraplus_lr_ratio="AUTO", model="/nonexistent/model-folder")
+    assert cfg.loraplus_lr_ratio == "auto" and cfg.loraplus(8.0).loraplus_lr_ratio == 8.0
+    with pytest.raises(ValueError, match="resolved when the run starts"):
+        cfg.loraplus()
+    with pytest.raises(AssertionError, match="the config read a model"):
+        resolve_ratio(cfg)  # the run start is where it reads
+    assert resolve_ratio(TrainConfig(loraplus_lr_ratio="4")) == 4.0

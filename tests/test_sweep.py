@@ -71,3 +71,20 @@ def test_loss_metric_prefers_lower_values():
 def test_bad_sweep_options_name_the_value(bad, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         SweepConfig(output_dir=str(tmp_path), **bad)
+
+
+@pytest.mark.parametrize(
+    "option, value, instead",
+    [("learning_rate", 3e-4, "--lr-a-min"), ("loraplus_lr_ratio", 4.0, "--lr-b-min"), ("seed", 2, "--seeds")],
+)
+def test_options_the_sweep_sets_itself_are_refused(tiny_bert_dir, tiny_csv, tmp_path, option, value, instead):
+    with pytest.raises(ValueError, match=f"is set by the experiment itself for every run; use {instead}"):
+        tiny_sweep(tiny_bert_dir, tiny_csv, tmp_path, **{option: value})
+
+
+def test_a_failed_cell_reports_the_childs_error(tiny_bert_dir, tiny_csv, tmp_path):
+    """The child's exception comes back as the row's status, not only an exit code."""
+    cfg = tiny_sweep(tiny_bert_dir, tiny_csv, tmp_path, lr_a_points=1, lr_b_points=1, text_column="body")
+    rows = run_sweep(cfg, progress=False)["rows"]
+    assert len(rows) == 1 and rows[0]["status"].startswith("failed: ValueError: text_column 'body' not found in ")
+    assert rows[0]["status"].endswith(".log)")

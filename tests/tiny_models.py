@@ -5,7 +5,7 @@ parameter (as ``model.named_parameters()`` gives it) to the LoRA+ group it belon
 (``loraplus_lr_embedding=None``). The expected groups are written by hand from the policy table in
 ``loraplus.groups`` (not produced by the code under test).
 
-Shapes follow REFERENCE.md: A (r, in), B (out, r); r = 2 everywhere.
+Shapes: A (r, in), B (out, r); r = 2 everywhere.
 """
 
 from __future__ import annotations

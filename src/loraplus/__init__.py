@@ -4,12 +4,13 @@ The core (``loraplus_param_groups``, ``create_loraplus_optimizer``, ``describe_g
 ``LoraPlusTrainer``, ``LoraPlusMixin`` and ``LoraPlusTrainingArguments`` load transformers on first use.
 """
 
-from .groups import LoraPair, LoraPlusConfig, find_lora_pairs, loraplus_param_groups
+from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPair, LoraPlusConfig, find_lora_pairs, loraplus_param_groups
 from .optim import create_loraplus_optimizer, describe_groups
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_LORAPLUS_LR_RATIO",
     "FeatureLearningMonitor",
     "LoraPair",
     "LoraPlusConfig",

@@ -16,13 +16,16 @@ from pathlib import Path
 
 from .config import TrainConfig, _opt, coerce_fields
 from .io import atomic_dir, atomic_write_json, write_problem
+from .models import load_adapter, looks_like_path, resolve_model
+from .tasks import TASKS, get_task, task_for_peft_type
+from .train import build_trainer, metrics_text, split_metrics
 
 __all__ = ["EvaluateCommand", "MergeCommand", "RunFolder", "evaluate_adapter", "find_run", "merge_adapter"]
 
 logger = logging.getLogger("loraplus")
 
 SPLITS = ("test", "validation")
-MERGE_ATOL = 1e-5  # largest |merged - adapter| output allowed in float32 (issue 5)
+MERGE_ATOL = 1e-5  # largest |merged - adapter| output allowed in float32
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,6 @@ def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
         FileNotFoundError: ``path`` does not exist, or holds no ``adapter_config.json`` (itself or in ``adapter/``).
         ValueError: an unreadable ``config.json``/``adapter_config.json``.
     """
-    from .models import resolve_model
-
     root = Path(path).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"adapter {str(root)!r} does not exist")
@@ -107,8 +108,6 @@ def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
 
 def _local_base_exists(path: str) -> bool:
     """False only for a local path (``models.looks_like_path``) that does not exist; a hub id counts as present."""
-    from .models import looks_like_path
-
     return Path(path).expanduser().exists() or not looks_like_path(path)
 
 
@@ -173,10 +172,6 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     """
     import datasets
 
-    from .causal import build_causal_trainer
-    from .data import load_classification_data
-    from .train import _split_metrics, build_trainer
-
     if cmd.output:  # fail before the evaluation, not after it
         target = Path(cmd.output).expanduser()
         if target.is_dir():
@@ -200,22 +195,19 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     # batch_size only gates "at least one training batch"; other data is scored whole (limits after concatenation)
     limits = {"max_train_samples": None, "max_eval_samples": None} if other else {}
     cfg = TrainConfig(**{**run.config.to_dict(), **changes, "batch_size": 1, **limits})
-    data = load_classification_data(
-        cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
-        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
-    )  # fmt: skip
+    data = get_task(cfg.task).load_data(cfg)
     if run.labels is not None and list(data.label_names) != run.labels:
         raise ValueError(f"dataset {cfg.dataset!r} has labels {data.label_names}, the adapter was trained on {run.labels}")
-    build = build_causal_trainer if cfg.task == "causal-lm" else build_trainer
     split = "all" if other else cmd.split
     with tempfile.TemporaryDirectory(prefix="loraplus-evaluate-") as tmp:  # the Trainer's output_dir; nothing kept
-        trainer, _, tokenized = build(cfg, run.model_path, Path(tmp), data, adapter=str(run.adapter))
+        trainer, _, tokenized = build_trainer(cfg, run.model_path, Path(tmp), data, adapter=str(run.adapter),
+                                              loraplus=cfg.loraplus(1.0))  # fmt: skip  # no optimizer is built
         examples = tokenized[cmd.split]
         if other:
             examples = datasets.concatenate_datasets([tokenized[name] for name in ("train", "validation", "test")])
             examples = examples.select(range(min(cmd.max_eval_samples or len(examples), len(examples))))
         raw = trainer.evaluate(examples, metric_key_prefix=split)
-    metrics = _split_metrics(raw, split)
+    metrics = split_metrics(raw, split)
     result = {"adapter": str(run.adapter), "split": split, "dataset": cfg.dataset,
               "num_examples": len(examples), "metrics": metrics, "matches_run": None}  # fmt: skip
     same_data = not other and "max_eval_samples" not in changes
@@ -230,8 +222,6 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
 
 def evaluate_text(result: dict) -> str:
     """One line of metrics, and how they compare with the run's ``metrics.json``."""
-    from .train import metrics_text
-
     shown = metrics_text(result["metrics"])
     line = f"{result['split']} ({result['num_examples']} examples of {result['dataset']}): {shown}"
     if result["matches_run"] is not None:
@@ -341,49 +331,27 @@ def _check_merge_out(out: Path, given: str, overwrite: bool, adapter: Path) -> N
 
 def _adapter_model(run: RunFolder, dtype):
     """``(auto class, tokenizer, PeftModel in eval mode)``: the base model with the adapter loaded, in ``dtype``."""
-    from .models import load_adapter
-
     auto_class, tokenizer, base = _load_base(run)
     return auto_class, tokenizer, load_adapter(base.to(dtype), run.adapter).to(dtype)
 
 
 def _load_base(run: RunFolder):
-    """``(auto class, tokenizer, base model)`` in float32 for the adapter's task."""
-    task = run.config.task if run.config is not None else {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}.get(
-        run.task_type or ""
-    )
+    """``(auto class, tokenizer, base model)`` in float32 for the adapter's task.
+
+    Raises:
+        ValueError: an adapter of a task type no task handles; a base model that cannot be loaded.
+    """
+    task = get_task(run.config.task) if run.config is not None else task_for_peft_type(run.task_type)
+    if task is None:
+        known = ", ".join(t.peft_task_type for t in TASKS.values())
+        raise ValueError(f"adapter task_type {run.task_type!r} is not supported by merge ({known})")
     remote = run.config.trust_remote_code if run.config is not None else False
     try:
-        return _load_task_model(run, task, remote)
+        labels = task.adapter_labels(run.adapter, run.labels)
+        tokenizer, model = task.load_model(run.model_path, labels, trust_remote_code=remote)
     except OSError as err:  # an offline hub id, a folder without weights
         raise ValueError(f"cannot load the base model {run.model_path!r}: {' '.join(str(err).split())[:300]}") from None
-
-
-def _load_task_model(run: RunFolder, task: str | None, remote: bool):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from .causal import load_causal_lm
-    from .models import load_sequence_classifier
-
-    if task == "causal-lm":
-        tokenizer, model = load_causal_lm(run.model_path, trust_remote_code=remote)
-        return AutoModelForCausalLM, tokenizer, model
-    if task == "classification":
-        labels = run.labels or [f"LABEL_{i}" for i in range(_head_outputs(run.adapter))]
-        tokenizer, model = load_sequence_classifier(run.model_path, labels, trust_remote_code=remote)
-        return AutoModelForSequenceClassification, tokenizer, model
-    raise ValueError(f"adapter task_type {run.task_type!r} is not supported by merge (SEQ_CLS or CAUSAL_LM)")
-
-
-def _head_outputs(adapter: Path) -> int:
-    """Number of classes of a plain PEFT SEQ_CLS adapter: rows of its saved head (``classifier``/``score``)."""
-    from safetensors import safe_open
-
-    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
-                return int(f.get_slice(key).get_shape()[0])
-    raise ValueError(f"{str(adapter)!r}: a SEQ_CLS adapter without a saved head; give a run folder of loraplus train")
+    return task.auto_model_class(), tokenizer, model
 
 
 def _probe_inputs(model) -> dict:

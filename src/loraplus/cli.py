@@ -1,7 +1,8 @@
 """The ``loraplus`` command. Thin: options come from validated dataclasses, help from their field docs.
 
 Errors a user can fix (bad values, missing files, a finished run in the way) print one line and exit 2;
-no Python traceback unless ``LORAPLUS_DEBUG=1``.
+no Python traceback unless ``--debug`` (or ``LORAPLUS_DEBUG=1``). Any other exception is a bug and shows its
+traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import types
 import typing
 import warnings
 
+from .config import set_by_experiment
 from .distributed import is_main_process
 
 __all__ = ["main"]
@@ -39,8 +41,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
     Options not given stay out of the namespace, so a config file's values survive unless a flag overrides them.
     """
     parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of options; flags override it")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (also: LORAPLUS_DEBUG=1)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if set_by_experiment(cls, f.name):  # the experiment sets it for every run: no flag (refused if given)
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
@@ -244,10 +249,14 @@ def _unknown_options(command: str, extra: list[str]) -> str:
 
     from .configfile import ALIASES
 
-    fields = [f.name for f in dataclasses.fields(_config_classes()[command])]
+    cls = _config_classes()[command]
+    fields = [f.name for f in dataclasses.fields(cls) if not set_by_experiment(cls, f.name)]
     hints = []
     for token in extra:
         name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else ""
+        refusal = set_by_experiment(cls, ALIASES.get(name, name))
+        if refusal:
+            return refusal
         guess = ALIASES.get(name) or next(iter(difflib.get_close_matches(name, fields, n=1, cutoff=0.6)), None)
         if name and guess in fields:
             hints.append(f"--{guess.replace('_', '-')} for {token.split('=', 1)[0]}")
@@ -296,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         with _one_line_warnings(args.command):
             return args.func(args)
     except _USER_ERRORS as err:
-        if os.environ.get("LORAPLUS_DEBUG"):
+        if args.debug or os.environ.get("LORAPLUS_DEBUG"):
             raise
         _close_progress_bars()
         message = " ".join(str(err).split())  # one line, whatever the library wrote

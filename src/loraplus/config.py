@@ -6,13 +6,15 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from .groups import LoraPlusConfig, as_float
+from .data import check_split_options
+from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPlusConfig, as_float
 from .models import LoraOptions
+from .tasks import TASKS, get_task
 
-__all__ = ["OPTIMIZERS", "TASKS", "TrainConfig", "check_report_to"]
+__all__ = ["AUTO", "OPTIMIZERS", "TrainConfig", "check_not_set_by_experiment", "check_report_to", "set_by_experiment"]
 
 OPTIMIZERS = ("loraplus", "lorafa", "riemannian")
-TASKS = {"classification": "minilm-l6", "causal-lm": "smollm2-135m"}  # task -> default model
+AUTO = "auto"  # loraplus_lr_ratio=auto: the width rule, resolved when the run starts (reads the model's config)
 
 
 def _opt(default, help: str):
@@ -27,8 +29,8 @@ class TrainConfig:
         ValueError: any option out of range, naming the option and the bad value.
     """
 
-    task: str = _opt("classification", "classification (a new head on the model) or causal-lm (the label as the "
-                     "answer to an instruction prompt; loss on the answer only)")
+    task: str = _opt("classification", f"one of {', '.join(TASKS)}: classification (a new head on the model) or "
+                     "causal-lm (the label as the answer to an instruction prompt; loss on the answer only)")
     model: str | None = _opt(None, "built-in model name, a local model folder, or a hub id "
                              "(default: minilm-l6 for classification, smollm2-135m for causal-lm)")
     dataset: str = _opt("bbc-news", "built-in dataset (bbc-news, sms-spam), a csv/tsv/json/jsonl/parquet file, or a hub id")
@@ -38,7 +40,8 @@ class TrainConfig:
     text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
     label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
     learning_rate: float = _opt(1e-3, "lr_A: lr of the lora_A factors and of the classification head")
-    loraplus_lr_ratio: float = _opt(16.0, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = the width rule of `loraplus ratio`")
+    loraplus_lr_ratio: float | str = _opt(DEFAULT_LORAPLUS_LR_RATIO, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = the "
+                                          "width rule of `loraplus ratio`, resolved when the run starts")
     loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
     loraplus_lr_other: float | None = _opt(None, "absolute lr of the classification head and other non-LoRA tensors (default: learning_rate)")
     optimizer: str = _opt("loraplus", "loraplus, or PEFT's lorafa / riemannian (these ignore the LoRA+ options)")
@@ -72,12 +75,11 @@ class TrainConfig:
                                       "another transformers integration (wandb, mlflow, ...)")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task, str) or self.task not in TASKS:  # first: the model default depends on it
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        task = get_task(self.task)  # first: the model default depends on it
         if self.model is None:
-            object.__setattr__(self, "model", TASKS[self.task])
-        if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == "auto":
-            object.__setattr__(self, "loraplus_lr_ratio", _auto_ratio(self.model, self.trust_remote_code))
+            object.__setattr__(self, "model", task.default_model)
+        if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == AUTO:
+            object.__setattr__(self, "loraplus_lr_ratio", AUTO)
         coerce_fields(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
@@ -87,7 +89,7 @@ class TrainConfig:
         if self.overwrite and self.resume:
             raise ValueError("give --overwrite (start over) or --resume (continue), not both")
         as_float("learning_rate", self.learning_rate)
-        self.loraplus()  # validates lr, ratio, embedding lr, weight decay
+        self.loraplus(1.0 if self.loraplus_lr_ratio == AUTO else None)  # validates ratio, embedding/other lr, decay
         self.lora()  # validates r, alpha, dropout, targets
         for name in ("batch_size", "eval_batch_size", "max_length", "eval_steps", "logging_steps", "monitor_every"):
             _positive_int(name, getattr(self, name))
@@ -102,14 +104,23 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_split_options(self.val_fraction, self.test_fraction, self.seed)
         _check_scheduler(self.lr_scheduler_type)
         object.__setattr__(self, "report_to", tuple(dict.fromkeys(self.report_to)))  # "csv,csv" -> ("csv",)
         check_report_to(self.report_to)
 
-    def loraplus(self) -> LoraPlusConfig:
+    def loraplus(self, ratio: float | None = None) -> LoraPlusConfig:
+        """The LoRA+ options as one ``LoraPlusConfig``; ``ratio`` replaces ``loraplus_lr_ratio`` (the number
+        ``auto`` resolved to).
+
+        Raises:
+            ValueError: ``loraplus_lr_ratio`` is ``auto`` and no ``ratio`` is given.
+        """
+        if ratio is None and self.loraplus_lr_ratio == AUTO:
+            raise ValueError("loraplus_lr_ratio=auto is resolved when the run starts (loraplus.train.resolve_ratio)")
         return LoraPlusConfig(
-            self.learning_rate, self.loraplus_lr_ratio, self.loraplus_lr_embedding, self.weight_decay,
-            self.loraplus_lr_other,
+            self.loraplus_lr_ratio if ratio is None else ratio, self.loraplus_lr_embedding, self.loraplus_lr_other,
+            self.weight_decay,
         )  # fmt: skip
 
     def lora(self) -> LoraOptions:
@@ -119,6 +130,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def set_by_experiment(cls, name: str) -> str | None:
+    """The refusal for option ``name`` of an experiment config ``cls`` that sets that option itself (a sweep sets
+    each cell's ``learning_rate``), naming the experiment's own option; ``None`` for an option the user may set.
+
+    Experiment configs list such options in ``SET_BY_EXPERIMENT = {field: "what to use instead"}``."""
+    instead = getattr(cls, "SET_BY_EXPERIMENT", {}).get(name)
+    if instead is None:
+        return None
+    flag = "--" + name.replace("_", "-")
+    return f"{flag} ({name}) is set by the experiment itself for every run; use {instead}"
+
+
+def check_not_set_by_experiment(options) -> None:
+    """Raise ``ValueError`` (see ``set_by_experiment``) when an experiment config ``options`` has a field of its
+    ``SET_BY_EXPERIMENT`` at anything but ``TrainConfig``'s default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in getattr(type(options), "SET_BY_EXPERIMENT", {}):
+        if getattr(options, name) != defaults[name]:
+            raise ValueError(set_by_experiment(type(options), name))
 
 
 def coerce_fields(options) -> None:
@@ -137,6 +169,8 @@ def coerce(name: str, value, hint):
     args = typing.get_args(hint)
     if value is None and type(None) in args:
         return None
+    if value == AUTO and str in args:  # loraplus_lr_ratio: a number or "auto"
+        return value
     kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else value
@@ -215,23 +249,6 @@ def check_report_to(names: tuple[str, ...]) -> None:
         if name not in REPORTERS_OF_OURS and name not in available:
             package = {"tensorboard": "tensorboard (or loraplus[tensorboard])", "comet_ml": "comet-ml"}.get(name, name)
             raise ValueError(f"report_to {name!r} needs its package, which is not installed: pip install {package}")
-
-
-def _auto_ratio(model, trust_remote_code) -> float:
-    """``loraplus_lr_ratio=auto``: the width rule of `loraplus ratio` for ``model`` (reads the model's config).
-
-    Raises ValueError (not OSError/TypeError) for a model whose config cannot be read: a hub id offline, a bad value.
-    """
-    from .ratio import width_rule_for
-
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"loraplus_lr_ratio=auto needs a model name or folder, got model={model!r}")
-    try:  # `is True`: fields are not converted yet, and a string "false" must not switch remote code on
-        return width_rule_for(model, trust_remote_code is True)[1]
-    except OSError as err:
-        raise ValueError(
-            f"loraplus_lr_ratio=auto could not read the config of model {model!r}: {' '.join(str(err).split())}"
-        ) from None
 
 
 def _positive_int(name: str, value) -> None:

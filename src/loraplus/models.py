@@ -189,13 +189,14 @@ def load_adapter(model, adapter: str | Path):
             rank); the message names the folder and starts with PEFT's or safetensors' reason.
     """
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     folder = Path(adapter)
     if not any((folder / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
         raise FileNotFoundError(f"adapter {str(folder)!r} has no adapter_model.safetensors (nor adapter_model.bin)")
     try:
         return PeftModel.from_pretrained(model, str(folder)).eval()
-    except Exception as err:  # safetensors' SafetensorError, torch's RuntimeError (shapes), OSError, KeyError
+    except (SafetensorError, RuntimeError, OSError, KeyError, ValueError) as err:  # corrupt file, shapes, keys
         reason = " ".join(str(err).split())
         reason = reason if len(reason) <= 300 else reason[:300] + " ..."
         raise ValueError(

@@ -22,8 +22,8 @@ Choices:
 - Cost per sampled step: one probe forward, plus x kept across ``optimizer.step()`` (probe tokens × Σ in_features
   values in the model's dtype) and O(tokens · r · (in + r)) per layer.
 - Aggregate per step: the median over layers of δ_A, of δ_B and of log10_ratio (robust to odd layers; the
-  median log-ratio is not log10 of the ratio of medians). Core: torch only; ``FeatureLearningCallback`` (a
-  ``transformers.TrainerCallback``) is built on first access.
+  median log-ratio is not log10 of the ratio of medians). torch only; the Trainer callback is
+  ``loraplus.hf.FeatureLearningCallback``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ from torch import nn
 from .groups import find_lora_pairs
 from .io import atomic_write_json
 
-__all__ = ["FeatureLearningCallback", "FeatureLearningMonitor", "add_feature_learning_callback", "aggregate_records",
-           "plot_monitor"]  # fmt: skip
+__all__ = ["FeatureLearningMonitor", "aggregate_records", "plot_monitor"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def _scale(layer: _Layer) -> float:
 
 
 @contextmanager
-def _preserved_rng(model: nn.Module) -> Iterator[None]:
+def preserved_rng(model: nn.Module) -> Iterator[None]:
     """Restore the torch (CPU and the model's CUDA devices), ``random`` and numpy RNG states on exit."""
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     np = sys.modules.get("numpy")  # a numpy that nobody imported has no RNG state to protect
@@ -143,7 +142,7 @@ def _capture_inputs(model: nn.Module, layers: list[_Layer], args: tuple, kwargs:
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), _preserved_rng(model):
+        with torch.no_grad(), preserved_rng(model):
             model(*args, **kwargs)
     finally:
         for handle in handles:
@@ -169,7 +168,7 @@ def _rms_deltas(x: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor, layer: _Lay
     return rms(da_x, b0), rms(a0_x, b1 - b0)
 
 
-def _check_every(every: object) -> int:
+def check_every(every: object) -> int:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
     return every
@@ -209,7 +208,7 @@ class FeatureLearningMonitor:
     """
 
     def __init__(self, model: nn.Module, probe_inputs: dict | torch.Tensor | tuple | None = None, *, every: int = 10):
-        self.model, self.every = model, _check_every(every)
+        self.model, self.every = model, check_every(every)
         self.layers, self.skipped = _find_layers(model)
         if not self.layers:
             raise ValueError(f"no monitorable LoRA layer in {type(model).__name__} (skipped: {self.skipped or 'none'})")
@@ -319,7 +318,7 @@ def plot_monitor(history: Sequence[dict] | dict, path: str | Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _probe_from_dataloader(loader: Any, size: int) -> Any:
+def probe_from_dataloader(loader: Any, size: int) -> Any:
     """The first ``size`` examples of ``loader.dataset`` through ``loader.collate_fn`` (no shuffling, no RNG)."""
     dataset, collate = getattr(loader, "dataset", None), getattr(loader, "collate_fn", None)
     if dataset is None or collate is None:
@@ -327,75 +326,3 @@ def _probe_from_dataloader(loader: Any, size: int) -> Any:
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
         return collate([dataset[i] for i in range(min(size, len(dataset)))])
     return collate(list(itertools.islice(dataset, size)))
-
-
-@functools.cache
-def _callback_class() -> type:
-    from transformers import TrainerCallback
-
-    class FeatureLearningCallback(TrainerCallback):
-        """Run a ``FeatureLearningMonitor`` inside ``transformers.Trainer`` (real optimizer steps only).
-
-        Snapshots in ``on_pre_optimizer_step``, measures in ``on_optimizer_step``; the latest aggregate goes into the
-        next training log as ``fl/delta_A``, ``fl/delta_B``, ``fl/log10_ratio``, ``fl/step`` (so into
-        ``state.log_history``; reporters such as TensorBoard see it if this callback runs before them, which
-        ``add_feature_learning_callback(trainer)`` arranges). ``probe_inputs=None``: the first ``probe_size``
-        training examples, collated. ``save_json``: write ``<output_dir>/feature_learning.json`` at train end.
-        """
-
-        def __init__(self, probe_inputs=None, *, every: int = 10, probe_size: int = 8, save_json: bool = True):
-            self.probe_inputs, self.every, self.probe_size = probe_inputs, _check_every(every), probe_size
-            self.save = save_json
-            self.monitor: FeatureLearningMonitor | None = None
-            self._unlogged: dict | None = None  # the latest sampled step's aggregate, not yet logged
-
-        def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-            self.monitor = FeatureLearningMonitor(model, every=self.every)
-            probe = self.probe_inputs
-            if probe is None:
-                with _preserved_rng(model):
-                    probe = _probe_from_dataloader(train_dataloader, self.probe_size)
-            self.monitor.set_probe(probe)
-            self.monitor.steps_seen = state.global_step
-
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            self.monitor.before_step(state.global_step + 1)
-
-        def on_optimizer_step(self, args, state, control, **kwargs):
-            self._unlogged = self.monitor.after_step() or self._unlogged
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self._unlogged is None or logs is None or not ({"loss", "train_loss"} & set(logs)):
-                return
-            rec = self._unlogged
-            values = {"fl/delta_A": rec["delta_A"], "fl/delta_B": rec["delta_B"], "fl/step": rec["step"]}
-            if rec["log10_ratio"] is not None:
-                values["fl/log10_ratio"] = rec["log10_ratio"]
-            logs.update(values)
-            if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                state.log_history[-1].update(values)
-            self._unlogged = None
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.save and self.monitor is not None and state.is_world_process_zero:
-                self.monitor.save_json(Path(args.output_dir) / "feature_learning.json")
-
-    FeatureLearningCallback.__qualname__ = "FeatureLearningCallback"
-    FeatureLearningCallback.__module__ = __name__
-    return FeatureLearningCallback
-
-
-def add_feature_learning_callback(
-    trainer: Any, probe_inputs: Any = None, *, every: int = 10, probe_size: int = 8, save_json: bool = True
-):
-    """Add a ``FeatureLearningCallback`` to ``trainer`` ahead of its reporters, so that TensorBoard and the other
-    ``report_to`` integrations receive the ``fl/*`` values; returns the callback (its ``.monitor`` after training)."""
-    callback = _callback_class()(probe_inputs, every=every, probe_size=probe_size, save_json=save_json)
-    trainer.callback_handler.callbacks.insert(0, callback)
-    return callback
-
-
-def __getattr__(name: str):
-    if name == "FeatureLearningCallback":
-        return _callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import warnings
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from .groups import LoraPlusConfig, build_groups
+from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPlusConfig, as_float, build_groups, resolve_config
 
-__all__ = ["create_loraplus_optimizer", "describe_groups"]
+__all__ = ["build_optimizer", "create_loraplus_optimizer", "describe_groups", "warn_if_adaptive"]
 
 logger = logging.getLogger("loraplus")
 
@@ -26,10 +27,12 @@ def create_loraplus_optimizer(
     optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
     *,
     lr: float,
-    loraplus_lr_ratio: float = 16.0,
+    loraplus_lr_ratio: float = DEFAULT_LORAPLUS_LR_RATIO,
     loraplus_lr_embedding: float | None = None,
+    loraplus_lr_other: float | None = None,
     weight_decay: float | None = None,
     loraplus_weight_decay: float | None = None,
+    config: LoraPlusConfig | None = None,
     **optimizer_kwargs,
 ) -> torch.optim.Optimizer:
     """Build ``optimizer_cls`` over the LoRA+ parameter groups of ``model``.
@@ -46,26 +49,38 @@ def create_loraplus_optimizer(
         lr: lr of A factors and non-LoRA parameters (> 0); also the optimizer's default lr.
         loraplus_lr_ratio: λ = lr_B / lr (> 0, default 16).
         loraplus_lr_embedding: absolute lr of embedding-LoRA factors, or ``None`` (treat as any pair).
+        loraplus_lr_other: absolute lr of heads, biases, norms and other non-LoRA tensors, or ``None`` (``lr``).
         weight_decay: decoupled weight decay (>= 0, default 0) of the decaying groups.
         loraplus_weight_decay: PEFT's name for ``weight_decay``; give one of the two, or equal values.
+        config: a ready ``LoraPlusConfig`` instead of the LoRA+ keywords (give one or the other).
         **optimizer_kwargs: passed to ``optimizer_cls`` (``betas``, ``eps``, ``foreach``, ``fused``...).
 
     Returns:
         The optimizer; each of its ``param_groups`` carries a ``"name"``.
 
     Raises:
-        ValueError: bad numbers, no trainable parameters, conflicting weight decays.
+        ValueError: bad numbers, no trainable parameters, conflicting weight decays, ``config`` with keywords.
     """
     if weight_decay is not None and loraplus_weight_decay is not None and weight_decay != loraplus_weight_decay:
         raise ValueError(
             f"weight_decay={weight_decay!r} and loraplus_weight_decay={loraplus_weight_decay!r} disagree; give one"
         )
     decay = weight_decay if weight_decay is not None else loraplus_weight_decay
-    cfg = LoraPlusConfig(lr, loraplus_lr_ratio, loraplus_lr_embedding, 0.0 if decay is None else decay)
+    cfg = resolve_config(
+        config, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_lr_embedding=loraplus_lr_embedding,
+        loraplus_lr_other=loraplus_lr_other, weight_decay=0.0 if decay is None else decay,
+    )  # fmt: skip
+    return build_optimizer(model, optimizer_cls, lr, cfg, optimizer_kwargs)
+
+
+def build_optimizer(model: nn.Module, optimizer_cls, lr: float, cfg: LoraPlusConfig, optimizer_kwargs: dict):
+    """The one build sequence of every entry point: warn (adaptive optimizers) -> LoRA+ groups -> 32-bit
+    embedding states (bitsandbytes 8-bit) -> ``optimizer_cls(groups, lr=lr, **optimizer_kwargs)`` -> log the table."""
+    lr = as_float("lr", lr)
     warn_if_adaptive(optimizer_cls, cfg.loraplus_lr_ratio)
-    groups = build_groups(model, cfg)
+    groups = build_groups(model, lr, cfg)
     _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
-    optimizer = optimizer_cls(groups, lr=cfg.lr, **optimizer_kwargs)
+    optimizer = optimizer_cls(groups, **{**optimizer_kwargs, "lr": lr})
     logger.info("LoRA+ parameter groups (loraplus_lr_ratio=%g):\n%s", cfg.loraplus_lr_ratio, describe_groups(optimizer))
     return optimizer
 
@@ -87,7 +102,7 @@ def _keep_embeddings_32bit(model: nn.Module, optimizer_cls: type, optimizer_kwar
     eight_bit = "8bit" in getattr(optimizer_cls, "__name__", "") or optimizer_kwargs.get("optim_bits") == 8
     if not module_name.startswith("bitsandbytes") or not eight_bit:
         return
-    import bitsandbytes  # only reached when the class already comes from it
+    bitsandbytes = sys.modules["bitsandbytes"]  # imported already: optimizer_cls comes from it
 
     manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
     for module in model.modules():

@@ -19,6 +19,7 @@ Two recommendations:
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass, replace
@@ -27,60 +28,28 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig, _opt, coerce_fields
+from .train import run_train
+from .width_rule import TOY_EXPONENT, width_rule_for
 
-__all__ = ["RatioCommand", "model_width", "probe_ratio", "ratio_from_width", "width_rule_for"]
+__all__ = ["RatioCommand", "crossing", "explain", "probe_ratio"]
 
-TOY_EXPONENT = 0.918  # experiments/toy/ratio_exponent.json: regimes.fixed.train.exponents.band_hi.pooled
-ANCHOR_WIDTH, ANCHOR_RATIO = 768, 16.0  # the paper's default λ for its width-768 GLUE models
-
-
-def width_rule_for(model: str, trust_remote_code: bool = False) -> tuple[int, float]:
-    """(width n, width-rule ratio) for a built-in name, model folder or hub id (reads only its config)."""
-    from transformers import AutoConfig
-
-    from .models import resolve_model
-
-    n = model_width(AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code))
-    return n, ratio_from_width(n)
-
-
-def model_width(config) -> int:
-    """The hidden width n of a transformers config (``hidden_size``, ``d_model`` or ``n_embd``).
-
-    Raises:
-        ValueError: the config has none of these.
-    """
-    for key in ("hidden_size", "d_model", "n_embd", "dim"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ValueError(f"cannot tell the width of {type(config).__name__}: no hidden_size, d_model or n_embd")
-
-
-def ratio_from_width(n: int) -> float:
-    """λ(n) = 16 · (n / 768)^0.918 (see the module docstring for where both numbers come from)."""
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"width must be a positive integer, got {n!r}")
-    return ANCHOR_RATIO * (n / ANCHOR_WIDTH) ** TOY_EXPONENT
-
-
-def _median_log_ratio(monitor) -> float | None:
-    values = [row["log10_ratio"] for row in monitor.history if row["log10_ratio"] is not None]
+def _median_log_ratio(history: list[dict]) -> float | None:
+    values = [row["log10_ratio"] for row in history if row["log10_ratio"] is not None]
     return float(np.median(values)) if values else None
 
 
-def _probe_one(cfg: TrainConfig, path: str, data, ratio: float) -> float | None:
-    """Median log10(δ_B/δ_A) of a short run with lr_B = cfg.learning_rate · cfg.loraplus_lr_ratio held fixed."""
-    from .monitor import add_feature_learning_callback
-    from .train import build_trainer
+def _probe_one(cfg: TrainConfig, ratio: float) -> float | None:
+    """Median log10(δ_B/δ_A) of a short run with lr_B = cfg.learning_rate · cfg.loraplus_lr_ratio held fixed.
 
+    One ``run_train`` in a temporary run folder with the monitor on at every step (the run API of every
+    experiment); its ``feature_learning.json`` holds the per-layer records."""
     lr_b = cfg.learning_rate * cfg.loraplus_lr_ratio
     with tempfile.TemporaryDirectory() as tmp:
-        run = replace(cfg, learning_rate=lr_b / ratio, loraplus_lr_ratio=ratio, output_dir=tmp)
-        trainer, _, _ = build_trainer(run, path, Path(tmp), data)
-        callback = add_feature_learning_callback(trainer, every=1, save_json=False)
-        trainer.train()
-    return _median_log_ratio(callback.monitor)
+        run = replace(cfg, learning_rate=lr_b / ratio, loraplus_lr_ratio=ratio, output_dir=tmp, monitor=True,
+                      monitor_every=1, overwrite=True)  # fmt: skip
+        run_train(run)
+        history = json.loads((Path(tmp) / "feature_learning.json").read_text())["per_layer"]
+    return _median_log_ratio(history)
 
 
 def crossing(ratios: list[float], log_ratios: list[float | None]) -> tuple[float, str]:
@@ -101,12 +70,7 @@ def crossing(ratios: list[float], log_ratios: list[float | None]) -> tuple[float
 
 def probe_ratio(cfg: TrainConfig, candidates: tuple[float, ...]) -> dict:
     """Run ``cfg.max_steps`` steps per candidate ratio (fresh model, same seed) and find the balance point."""
-    from .data import load_classification_data
-    from .models import resolve_model
-
-    path = resolve_model(cfg.model)
-    data = load_classification_data(cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column, seed=cfg.seed)
-    logs = [_probe_one(cfg, path, data, r) for r in candidates]
+    logs = [_probe_one(cfg, r) for r in candidates]
     ratio, how = crossing(list(candidates), logs)
     return {"candidates": list(candidates), "median_log10_dB_over_dA": logs, "ratio": ratio, "how": how}
 

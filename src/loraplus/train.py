@@ -8,18 +8,27 @@ loadable with ``peft.PeftModel.from_pretrained``), ``metrics.json`` (written las
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
+import torch
 from transformers import TrainerCallback
 
-from .config import TrainConfig
+from .config import AUTO, TrainConfig
+from .groups import LoraPlusConfig
+from .hf import LoraPlusTrainer, LoraPlusTrainingArguments, add_feature_learning_callback
 from .io import atomic_dir, atomic_write_json, write_problem
+from .models import attach_lora, model_max_length, resolve_model
+from .monitor import plot_monitor
+from .optim import describe_groups
+from .safety import NonFiniteLossCallback, last_good_checkpoint
+from .tasks import get_task
+from .width_rule import width_rule_for
 
-__all__ = ["compute_metrics", "prepare_output_dir", "run_train"]
+__all__ = ["build_trainer", "prepare_output_dir", "resolve_ratio", "run_train", "split_metrics"]
 
 logger = logging.getLogger("loraplus")
 
@@ -60,58 +69,12 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
     return out
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    """Accuracy and macro-F1 (unweighted mean of per-class F1, sklearn) from ``(logits, labels)``."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    logits, labels = eval_pred
-    preds = np.asarray(logits).argmax(-1)
-    return {"accuracy": float(accuracy_score(labels, preds)), "macro_f1": float(f1_score(labels, preds, average="macro"))}
-
-
-def limit_samples(splits, cfg: TrainConfig):
-    """A new DatasetDict with ``max_train_samples``/``max_eval_samples`` applied.
-
-    Raises:
-        ValueError: the training split is smaller than one batch.
-    """
-    import datasets
-
-    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples}
-    out = datasets.DatasetDict({
-        name: split.select(range(min(limits[name], len(split)))) if limits.get(name) is not None else split
-        for name, split in splits.items()
-    })  # fmt: skip
-    if len(out["train"]) < cfg.batch_size:
-        raise ValueError(f"the training split has {len(out['train'])} examples, fewer than batch_size={cfg.batch_size}")
-    return out
-
-
-def _tokenize(data, tokenizer, cfg: TrainConfig):
-    """Tokenize the splits (no padding: batches are padded dynamically) after the sample limits; cached on disk."""
-    from .data import map_cached
-
-    def encode(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
-
-    return map_cached(
-        limit_samples(data.splits, cfg), encode, tokenizer=tokenizer, key=f"classification max_length={cfg.max_length}",
-        desc="tokenizing", remove_columns=["text"],
-    )  # fmt: skip
-
-
-def _training_arguments(cfg: TrainConfig, out: Path):
-    import torch
-
-    from .hf import LoraPlusTrainingArguments
-
-    return LoraPlusTrainingArguments(
+def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig) -> LoraPlusTrainingArguments:
+    """The run's ``LoraPlusTrainingArguments`` (checkpoints in ``out/checkpoints``), carrying ``loraplus``."""
+    return LoraPlusTrainingArguments.from_loraplus_config(
+        loraplus,
         output_dir=str(out / "checkpoints"),
         learning_rate=cfg.learning_rate,
-        loraplus_lr_ratio=cfg.loraplus_lr_ratio,
-        loraplus_lr_embedding=cfg.loraplus_lr_embedding,
-        loraplus_lr_other=cfg.loraplus_lr_other,
-        weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -173,38 +136,42 @@ def reporting_callbacks(cfg: TrainConfig, out: Path) -> list:
     return callbacks
 
 
-def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None):
-    """Load the model at ``path``, inject LoRA, tokenize, and return ``(trainer, tokenizer, tokenized splits)``.
+def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None,
+                  loraplus: LoraPlusConfig | None = None):  # fmt: skip
+    """Load the model at ``path`` for ``cfg.task``, inject LoRA, tokenize, and return ``(trainer, tokenizer,
+    tokenized splits)``: the one Trainer of every task.
 
     With ``adapter`` (a saved PEFT adapter folder) that adapter is loaded frozen instead of fresh LoRA: a trainer
-    for ``evaluate()`` only (``loraplus evaluate``).
+    for ``evaluate()`` only (``loraplus evaluate``). ``loraplus``: the LoRA+ options with ``auto`` resolved
+    (default ``cfg.loraplus()``).
+
+    Raises:
+        ValueError: ``max_length`` above the model's limit, or what the task's ``encode`` raises.
     """
     import transformers
-    from transformers import DataCollatorWithPadding
 
-    from .hf import LoraPlusTrainer
-    from .models import attach_lora, load_sequence_classifier, model_max_length
-
+    task = get_task(cfg.task)
+    loraplus = cfg.loraplus() if loraplus is None else loraplus
     transformers.set_seed(cfg.seed)
-    tokenizer, model = load_sequence_classifier(path, data.label_names, trust_remote_code=cfg.trust_remote_code)
+    tokenizer, model = task.load_model(path, data.label_names, trust_remote_code=cfg.trust_remote_code)
     limit = model_max_length(tokenizer, model)
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
-    model = attach_lora(model, cfg.lora(), "SEQ_CLS", adapter)
-    tokenized = _tokenize(data, tokenizer, cfg)
+    model = attach_lora(model, cfg.lora(), task.peft_task_type, adapter)
+    tokenized, parts = task.encode(data, tokenizer, cfg)
     trainer = LoraPlusTrainer(
         model=model,
-        optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),
-        args=_training_arguments(cfg, out),
+        optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: the LoRA+ groups
+        args=training_arguments(cfg, out, loraplus),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
+        data_collator=parts.data_collator,
+        compute_metrics=parts.compute_metrics,
+        preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
         callbacks=list(callbacks),
     )
-    # A sequence classifier's loss is a per-batch mean that ignores `num_items_in_batch`, though its forward takes
-    # **kwargs; left True, transformers 5 multiplies the loss by the number of processes under DDP (2x loss, 2x grads).
-    trainer.model_accepts_loss_kwargs = False
+    if parts.model_accepts_loss_kwargs is not None:
+        trainer.model_accepts_loss_kwargs = parts.model_accepts_loss_kwargs
     return trainer, tokenizer, tokenized
 
 
@@ -213,7 +180,6 @@ def peft_optimizer(cfg: TrainConfig, model):
 
     Both give every trainable tensor ``learning_rate`` and ignore the LoRA+ options.
     """
-    import torch
     from peft.optimizers import create_lorafa_optimizer, create_riemannian_optimizer
 
     if cfg.optimizer == "lorafa":  # freezes A, preconditions B's gradient
@@ -228,8 +194,6 @@ def peft_optimizer(cfg: TrainConfig, model):
 
 def _resume_point(out: Path) -> str:
     """The newest complete checkpoint (a kill while saving leaves a partial ``checkpoint-N``; it is skipped)."""
-    from .safety import last_good_checkpoint
-
     last = last_good_checkpoint(out / "checkpoints")
     if last is None:
         folder = str(out / "checkpoints")
@@ -244,7 +208,7 @@ def metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{name} {metrics[key]:.4f}" for key, name in names.items() if key in metrics)
 
 
-def _split_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+def split_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     keys = ("accuracy", "macro_f1", "loss", "perplexity", "exact_match")
     return {k: float(metrics[f"{prefix}_{k}"]) for k in keys if f"{prefix}_{k}" in metrics}
 
@@ -262,8 +226,24 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def resolve_ratio(cfg: TrainConfig) -> float:
+    """``cfg.loraplus_lr_ratio`` as a number: ``auto`` becomes the width rule of ``cfg.model`` (reads its config).
+
+    Raises:
+        ValueError: ``auto`` for a model whose config cannot be read (a hub id offline, a bad folder).
+    """
+    if cfg.loraplus_lr_ratio != AUTO:
+        return float(cfg.loraplus_lr_ratio)
+    try:
+        return width_rule_for(cfg.model, cfg.trust_remote_code)[1]
+    except OSError as err:
+        raise ValueError(
+            f"loraplus_lr_ratio=auto could not read the config of model {cfg.model!r}: {' '.join(str(err).split())}"
+        ) from None
+
+
 def run_train(cfg: TrainConfig, callbacks=()) -> dict:
-    """Fine-tune ``cfg.model`` on ``cfg.dataset`` with LoRA+ and write the run folder.
+    """Fine-tune ``cfg.model`` on ``cfg.dataset`` with LoRA+ for ``cfg.task`` and write the run folder.
 
     Returns the metrics dict also written to ``metrics.json``:
     ``{"test": {"accuracy", "macro_f1", "loss"}, "validation": {...}, "train": {...}, "wall_time_s": float}``;
@@ -273,34 +253,24 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         FileExistsError, PermissionError: see ``prepare_output_dir``.
         ValueError: bad options, data or model (from the loaders), or a split smaller than one batch.
     """
-    from .causal import build_causal_trainer
-    from .data import load_classification_data
-    from .models import resolve_model
-    from .safety import NonFiniteLossCallback
-
     start = time.perf_counter()
+    loraplus = cfg.loraplus(resolve_ratio(cfg))  # auto reads the model's config: a bad model fails before the folder
     out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     path = resolve_model(cfg.model)  # a bad model name fails before the data is read
-    data = load_classification_data(
-        cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
-        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
-    )  # fmt: skip
-    build = build_causal_trainer if cfg.task == "causal-lm" else build_trainer
+    data = get_task(cfg.task).load_data(cfg)
     callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
-    trainer, tokenizer, tokenized = build(cfg, path, out, data, callbacks)
+    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus)
     sizes = {name: len(split) for name, split in tokenized.items()}
     logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
     monitor = None
     if cfg.monitor:
-        from .monitor import add_feature_learning_callback
-
         monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
     train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
     validation = trainer.evaluate()
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
     metrics = {
-        "test": _split_metrics(test, "test"),
-        "validation": _split_metrics(validation, "eval"),
+        "test": split_metrics(test, "test"),
+        "validation": split_metrics(validation, "eval"),
         "train": {
             "loss": float(train_result.training_loss),
             "steps": int(trainer.state.global_step),
@@ -312,29 +282,28 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     if trainer.is_world_process_zero():  # under torchrun/accelerate only rank 0 writes
         if monitor is not None:
             _write_monitor(out, monitor.monitor)
-        _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics)
+        _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics, loraplus)
     return metrics
 
 
 def _write_monitor(out: Path, monitor) -> None:
     """``feature_learning.json`` (per layer and aggregate δ_A, δ_B) and its plot ``feature_learning.png``."""
-    import json
-
-    from .monitor import plot_monitor
-
     monitor.save_json(out / "feature_learning.json")
-    plot_monitor(json.loads((out / "feature_learning.json").read_text()), out / "feature_learning.png")
+    plot_monitor(monitor.history, out / "feature_learning.png")
 
 
-def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, sizes: dict, metrics: dict) -> None:
-    """Adapter, config.json, log_history.json, then metrics.json last (its presence marks a finished run)."""
-    from .optim import describe_groups
+def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, sizes: dict, metrics: dict,
+                     loraplus: LoraPlusConfig) -> None:  # fmt: skip
+    """Adapter, config.json, log_history.json, then metrics.json last (its presence marks a finished run).
 
+    config.json holds the options as given (``loraplus_lr_ratio`` may be ``"auto"``) and, under ``loraplus``,
+    the LoRA+ options used (the number ``auto`` resolved to)."""
     with atomic_dir(out / "adapter") as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     run_config = {
         "config": cfg.to_dict(),
+        "loraplus": dataclasses.asdict(loraplus),
         "model_path": str(trainer.model.peft_config["default"].base_model_name_or_path),
         "labels": data.label_names,
         "data": {"source": data.source, "sizes": sizes, "duplicates_removed": data.num_duplicates_removed},

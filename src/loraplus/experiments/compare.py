@@ -15,35 +15,44 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ..config import TrainConfig, _opt
+from ..config import AUTO, TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
 from .runner import RunSpec, run_all, run_config
 
 __all__ = ["METHODS", "CompareConfig", "run_compare", "steps_to_target"]
 
-# method -> TrainConfig overrides; "RATIO" stands for the comparison's loraplus ratio λ.
-METHODS: dict[str, dict] = {
-    "lora": {"loraplus_lr_ratio": 1.0},
-    "loraplus": {"loraplus_lr_ratio": "RATIO"},
-    "loraplus-head-lrB": {"loraplus_lr_ratio": "RATIO", "loraplus_lr_other": "RATIO"},
-    "rslora": {"loraplus_lr_ratio": 1.0, "use_rslora": True},
-    "dora": {"loraplus_lr_ratio": 1.0, "use_dora": True},
-    "lorafa": {"loraplus_lr_ratio": 1.0, "optimizer": "lorafa"},
-    "riemannian": {"loraplus_lr_ratio": 1.0, "optimizer": "riemannian"},
+# method -> (uses the comparison's λ, TrainConfig overrides); the others train at ratio 1.
+METHODS: dict[str, tuple[bool, dict]] = {
+    "lora": (False, {}),
+    "loraplus": (True, {}),
+    "loraplus-head-lrB": (True, {}),  # the head and other non-LoRA tensors at lr_B = λ · lr
+    "rslora": (False, {"use_rslora": True}),
+    "dora": (False, {"use_dora": True}),
+    "lorafa": (False, {"optimizer": "lorafa"}),
+    "riemannian": (False, {"optimizer": "riemannian"}),
 }
 
 
 @dataclass(frozen=True)
 class CompareConfig(TrainConfig):
-    """A ``TrainConfig`` shared by every run, plus the methods, the lr grid and the seeds."""
+    """A ``TrainConfig`` shared by every run, plus the methods, the lr grid and the seeds; ``loraplus_lr_ratio``
+    is the λ of the LoRA+ methods (the others run at 1).
+
+    Raises:
+        ValueError: a bad method, lr grid, seed list or metric; ``loraplus_lr_ratio=auto``; an option the
+            comparison sets itself (``SET_BY_EXPERIMENT``).
+    """
+
+    SET_BY_EXPERIMENT: ClassVar[dict[str, str]] = {"learning_rate": "--lrs (each method's lr is tuned on it)",
+                                                   "seed": "--seeds and --tune-seed"}  # fmt: skip
 
     output_dir: str = _opt("runs/compare", "comparison folder: runs/, results/, summary.md, *.png")
     methods: tuple[str, ...] = _opt(tuple(METHODS), f"comma-separated methods: {', '.join(METHODS)}")
     lrs: tuple[str, ...] = _opt(("1e-4", "3e-4", "1e-3"), "comma-separated lr grid (lr_A) every method is tuned on")
-    ratio: float = _opt(16.0, "λ of the LoRA+ methods")
     seeds: tuple[str, ...] = _opt(("0", "1", "2"), "comma-separated seeds of the final runs")
     tune_seed: int = _opt(0, "seed of the tuning runs (reused as a final run when it is in seeds)")
     metric: str = _opt("accuracy", "metric: accuracy or macro_f1 (higher is better), or loss")
@@ -52,6 +61,9 @@ class CompareConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_not_set_by_experiment(self)
+        if self.loraplus_lr_ratio == AUTO:
+            raise ValueError("compare needs a number for loraplus_lr_ratio (the λ of the LoRA+ methods), got 'auto'")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown method(s) {unknown or self.methods!r}; choose from {', '.join(METHODS)}")
@@ -71,9 +83,10 @@ class CompareConfig(TrainConfig):
             raise ValueError(f"jobs must be >= 1, got {self.jobs!r}")
 
     def run_config(self, method: str, lr: float, seed: int) -> TrainConfig:
-        options = {key: self.ratio if value == "RATIO" else value for key, value in METHODS[method].items()}
-        if METHODS[method].get("loraplus_lr_other") == "RATIO":
-            options["loraplus_lr_other"] = lr * self.ratio
+        uses_ratio, options = METHODS[method]
+        options = {**options, "loraplus_lr_ratio": self.loraplus_lr_ratio if uses_ratio else 1.0}
+        if method == "loraplus-head-lrB":
+            options["loraplus_lr_other"] = lr * self.loraplus_lr_ratio
         folder = Path(self.output_dir) / "runs" / method / f"lr{lr:.3g}_seed{seed}"
         return run_config(self, **options, learning_rate=lr, seed=seed, output_dir=str(folder))
 
@@ -163,7 +176,7 @@ def summary_markdown(summary: dict, cfg: CompareConfig) -> str:
     ]
     for method, s in summary["methods"].items():
         lines.append(
-            f"| {method} | {s['lr']:.3g} | {_head_lr(method, s['lr'], cfg.ratio, cfg.task)} | {fmt(s['test_mean'])} ± "
+            f"| {method} | {s['lr']:.3g} | {_head_lr(method, s['lr'], cfg.loraplus_lr_ratio, cfg.task)} | {fmt(s['test_mean'])} ± "
             f"{fmt(s['test_std'])} | {fmt(s['steps_to_target'], 1)} ({s['reached_target']}) | "
             f"{fmt(s['speedup_vs_lora'], 2)} |"
         )

@@ -1,8 +1,15 @@
-"""Run many short ``loraplus train`` jobs: one subprocess per run, a few at a time, resumable.
+"""Run many short trainings for the experiments: one subprocess per run, a few at a time, resumable.
+
+Every run goes through the run API's one function, ``loraplus.train.run_train``: the run's ``TrainConfig`` is
+written to ``<run>/run.yaml`` (which ``loraplus train --config`` also accepts) and a child process
+(``python -m loraplus.experiments.runner RUN_YAML ERROR_JSON``) rebuilds the same config and calls
+``run_train``. A child that fails writes its exception's type and message to ``ERROR_JSON``; the row's status
+then carries that message, not only an exit code. Processes of their own keep runs isolated (a crash or a
+memory leak ends one run) and let ``jobs`` of them run in parallel.
 
 Each run is a run folder; a run whose ``metrics.json`` exists is done and is never run again, so a killed
 sweep or comparison resumes where it stopped and no finished run is lost. Runs that were cut short are started
-over (``--overwrite``). With ``jobs`` runs at once each gets ``cpu_count // jobs`` threads, so the machine's
+over (``overwrite``). With ``jobs`` runs at once each gets ``cpu_count // jobs`` threads, so the machine's
 cores stay busy without oversubscription.
 """
 
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..io import atomic_write_text
+from ..configfile import read_config_file
+from ..io import atomic_write_json, atomic_write_text
+from ..train import run_train
 
-__all__ = ["RunSpec", "run_all", "run_config"]
+__all__ = ["RunSpec", "read_run_config", "run_all", "run_config", "run_isolated", "write_run_config"]
 
 
 def run_config(options, **overrides) -> TrainConfig:
@@ -41,27 +51,49 @@ class RunSpec:
     labels: dict
 
 
-def _command(spec: RunSpec) -> list[str]:
+def write_run_config(cfg: TrainConfig, path: Path, **overrides) -> None:
+    """``cfg`` (with ``overrides``) as a YAML file of options (tuples as lists) that ``read_run_config`` and
+    ``loraplus train --config`` read back into the same ``TrainConfig``."""
     import yaml
 
-    out = Path(spec.config.output_dir)
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in {**cfg.to_dict(), **overrides}.items()}
+    atomic_write_text(path, yaml.safe_dump(options, sort_keys=False))
+
+
+def read_run_config(path: Path) -> TrainConfig:
+    """The ``TrainConfig`` of a file written by ``write_run_config``."""
+    return TrainConfig(**read_config_file(path, TrainConfig))
+
+
+def run_isolated(cfg: TrainConfig, log: Path, *, threads: int, overwrite: bool = False) -> str | None:
+    """``run_train(cfg)`` in a child process with ``threads`` threads, output to ``log``; ``None`` on success,
+    else the child's error as one line (``"ValueError: ..."``, or the exit code when it died without one).
+    ``overwrite``: the child starts the run folder over (its ``overwrite`` option)."""
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.config.to_dict().items()}
-    options["overwrite"] = True  # only unfinished runs reach here
-    atomic_write_text(out / "run.yaml", yaml.safe_dump(options, sort_keys=False))
-    return [sys.executable, "-m", "loraplus", "train", "--config", str(out / "run.yaml")]
+    write_run_config(cfg, out / "run.yaml", **({"overwrite": True} if overwrite else {}))
+    error_file = out.parent / f"{out.name}.error.json"
+    error_file.unlink(missing_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "loraplus.experiments.runner", str(out / "run.yaml"), str(error_file)]
+    with open(log, "w") as f:
+        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode == 0:
+        return None
+    if error_file.is_file():
+        error = json.loads(error_file.read_text())
+        return f"{error['type']}: {error['message']}"
+    return f"exit {proc.returncode} without an error message"
 
 
 def _run_one(spec: RunSpec, threads: int) -> dict:
     out = Path(spec.config.output_dir)
     if not (out / "metrics.json").exists():
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
         start = time.perf_counter()
-        command = _command(spec)
-        with open(out.parent / f"{out.name}.log", "w") as log:
-            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode != 0:
-            return {**spec.labels, "status": f"failed (exit {proc.returncode}, see {out.name}.log)",
+        # only unfinished runs reach here: start them over
+        error = run_isolated(spec.config, out.parent / f"{out.name}.log", threads=threads, overwrite=True)
+        if error is not None:
+            return {**spec.labels, "status": f"failed: {error} (see {out.name}.log)",
                     "seconds": time.perf_counter() - start}  # fmt: skip
     return {**spec.labels, "status": "done", **_read_result(out)}
 
@@ -107,3 +139,18 @@ def run_all(specs: list[RunSpec], *, jobs: int = 2, progress: bool = True) -> li
             bar.update(1)
     bar.close()
     return rows
+
+
+def _child(config_file: str, error_file: str) -> int:
+    """The child of ``run_isolated``: rebuild the config, ``run_train`` it, write any error to ``error_file``."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        run_train(read_run_config(Path(config_file)))
+    except BaseException as err:  # every failure goes back to the parent as a message, then the traceback
+        atomic_write_json(error_file, {"type": type(err).__name__, "message": " ".join(str(err).split())})
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(*sys.argv[1:3]))

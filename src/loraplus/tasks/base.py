@@ -1,0 +1,89 @@
+"""The task interface: what ``loraplus train``, ``evaluate`` and ``merge`` ask of a task, and nothing else.
+
+A task turns a dataset into model inputs and metrics. The run layer (``loraplus.train``) owns the run folder,
+the ``TrainingArguments``, the optimizer and the Trainer; a task never imports it. Adding a task is one module
+implementing ``Task`` plus one line in ``loraplus.tasks.TASKS``.
+
+``cfg`` below is the run's ``TrainConfig`` (read only: ``dataset``, ``text_column``, ``label_column``,
+``val_fraction``, ``test_fraction``, ``seed``, ``max_length``, ``max_train_samples``, ``max_eval_samples``,
+``batch_size``, ``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Task", "TrainerParts", "limit_samples"]
+
+
+@dataclass(frozen=True)
+class TrainerParts:
+    """What the Trainer needs from a task besides the model and the tokenized splits.
+
+    Attributes:
+        data_collator: pads a list of encoded examples into a batch.
+        compute_metrics: ``EvalPrediction -> {metric: float}`` (the Trainer adds ``loss``).
+        preprocess_logits_for_metrics: reduces ``(logits, labels)`` per batch before they are gathered, or None.
+        model_accepts_loss_kwargs: False for a loss that is a per-batch mean ignoring ``num_items_in_batch``
+            (a sequence classifier: left True, transformers 5 scales the loss by the number of processes under
+            DDP); None keeps the Trainer's own detection.
+    """
+
+    data_collator: Callable
+    compute_metrics: Callable[[Any], dict[str, float]]
+    preprocess_logits_for_metrics: Callable | None = None
+    model_accepts_loss_kwargs: bool | None = None
+
+
+class Task(Protocol):
+    """One kind of fine-tuning. Attributes: ``name`` (the ``--task`` value), ``default_model`` (a built-in
+    model name), ``peft_task_type`` (PEFT's ``task_type``: ``SEQ_CLS``, ``CAUSAL_LM``), ``metrics`` (names of the
+    metrics its splits report, without the split prefix: what an experiment may optimise)."""
+
+    name: str
+    default_model: str
+    peft_task_type: str
+    metrics: tuple[str, ...]
+
+    def load_data(self, cfg) -> Any:
+        """The run's data split in train/validation/test (a ``ClassificationData`` for the label tasks).
+
+        Raises:
+            ValueError, FileNotFoundError, ModuleNotFoundError: bad or missing data, naming it.
+        """
+
+    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+        """``(tokenizer, base model)`` in float32, no LoRA yet; ``labels`` sizes a classification head."""
+
+    def encode(self, data: Any, tokenizer, cfg) -> tuple[Any, TrainerParts]:
+        """Tokenize ``data.splits`` after ``limit_samples`` and return ``(DatasetDict, TrainerParts)``.
+
+        Raises:
+            ValueError: ``cfg.max_length`` too short for the task's inputs, or fewer examples than one batch.
+        """
+
+    def auto_model_class(self) -> type:
+        """The ``transformers.AutoModelFor...`` class that reloads a merged model of this task."""
+
+    def adapter_labels(self, adapter, recorded: list[str] | None) -> list[str] | None:
+        """Label names for loading a saved adapter: the run's recorded ones, else what the adapter implies."""
+
+
+def limit_samples(splits, cfg):
+    """A new DatasetDict with ``cfg.max_train_samples``/``cfg.max_eval_samples`` applied (first N rows).
+
+    Raises:
+        ValueError: the training split is smaller than one batch (``cfg.batch_size``).
+    """
+    import datasets
+
+    limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_eval_samples}
+    out = datasets.DatasetDict({
+        name: split.select(range(min(limits[name], len(split)))) if limits.get(name) is not None else split
+        for name, split in splits.items()
+    })  # fmt: skip
+    if len(out["train"]) < cfg.batch_size:
+        raise ValueError(f"the training split has {len(out['train'])} examples, fewer than batch_size={cfg.batch_size}")
+    return out
