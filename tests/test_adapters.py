@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from loraplus.adapters import EvaluateCommand, MergeCommand, find_run
+from loraplus.adapters import EvaluateCommand, MergeCommand
+from loraplus.runs import find_run
 from loraplus.cli import main
 from loraplus.train import run_train
 

@@ -8,8 +8,9 @@ and are skipped. The layers, lowest first (a module may import its own layer and
 1. building blocks: io, distributed, monitor, safety, models, data, hf, lightning, width_rule, the tasks, and the
    data/benchmark readers (instruct_data, bigbench, mmlu)
 2. ``config`` (TrainConfig) and ``configfile``
-3. the run API: ``train``
-4. commands built on runs: ``adapters`` (evaluate, merge), ``ratio``, ``experiments.*``
+3. the run API: ``train``, and ``runs`` (reading a run folder)
+4. commands built on runs: ``adapters`` (evaluate, merge), ``generate``, ``evaluate_mmlu``, ``ratio``,
+   ``experiments.*``
 5. the CLI: ``cli``, ``__main__``
 """
 
@@ -25,10 +26,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "loraplus"
 LAYERS = {
     0: ("groups", "optim"),
     1: ("io", "distributed", "monitor", "safety", "models", "data", "hf", "lightning", "width_rule", "tasks",
-        "instruct_data", "bigbench", "mmlu"),
+        "instruct_data", "bigbench", "mmlu", "generation"),
     2: ("config", "configfile"),
-    3: ("train",),
-    4: ("adapters", "ratio", "experiments"),
+    3: ("train", "runs"),
+    4: ("adapters", "generate", "evaluate_mmlu", "ratio", "experiments"),
     5: ("cli", "__main__", "__init__"),
 }  # fmt: skip
 CORE_THIRD_PARTY = {"torch"}

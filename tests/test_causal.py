@@ -245,8 +245,13 @@ needs_task = pytest.mark.skipif(
 def test_task_picks_the_default_model():
     assert TrainConfig().model == "minilm-l6" and TrainConfig(task="causal-lm").model == "smollm2-135m"
     assert TrainConfig(task="causal-lm", model="x/y").model == "x/y"
-    with pytest.raises(ValueError, match="task must be one of classification, causal-lm, got 'lm'"):
+    with pytest.raises(ValueError, match="task must be one of classification, causal-lm, sft, got 'lm'"):
         TrainConfig(task="lm")
+    sft = TrainConfig(task="sft")  # the task's defaults fill what the user leaves unset
+    assert (sft.model, sft.dataset, sft.learning_rate, sft.batch_size, sft.max_length, sft.max_steps) == (
+        "smollm2-135m", "natural-instructions", 2e-4, 4, 384, 40)
+    assert (TrainConfig().dataset, TrainConfig().learning_rate, TrainConfig().max_length) == ("bbc-news", 1e-3, 128)
+    assert TrainConfig(task="sft", learning_rate=1e-3, max_steps=-1).learning_rate == 1e-3
 
 
 @needs_task

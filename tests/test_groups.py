@@ -228,3 +228,10 @@ def test_groups_drive_a_real_optimizer_step():
     opt.step()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert [g["name"] for g in opt.param_groups] == ["lora_A", "lora_B", "other", "no_decay"]
+
+
+def test_an_lr_b_that_overflows_is_refused():
+    """lr and λ each finite, their product inf: found by the property test; lr_B must be a finite number."""
+    model = TINY_MODELS["peft_linear_plain"].build()
+    with pytest.raises(ValueError, match=r"lr_B = lr · loraplus_lr_ratio = 1e\+200 · 1e\+200 is not finite"):
+        loraplus_param_groups(model, lr=1e200, loraplus_lr_ratio=1e200)

@@ -12,6 +12,7 @@ from torch import nn
 
 from loraplus import LoraPlusMixin, LoraPlusTrainingArguments, create_loraplus_optimizer
 
+from conftest import make_rows
 from test_hf import RecordLr, TinyDataset, tiny_peft_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,36 @@ def test_trl_sft_trainer_with_a_ready_loraplus_optimizer(sft_setup):
     trainer.train()
     assert trainer.optimizer.optimizer is optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer is optimizer
     assert_ratio_every_step(record.steps, 4.0)
+
+
+def test_trl_dpo_trainer_with_the_mixin_keeps_the_ratio_and_trains_b(tiny_llama_dir, tmp_path):
+    """Preference training: LoRA+ reaches TRL's DPOTrainer through the mixin (lr_B / lr_A = λ at every step, B moves)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    class LoraPlusDPOTrainer(LoraPlusMixin, DPOTrainer):
+        pass
+
+    rows = {"prompt": [f"classify this text as one of sport , tech , money . {t} answer :" for t, _ in make_rows(4)]}
+    rows["chosen"] = [f" {label}" for _, label in make_rows(4)]
+    rows["rejected"] = [" money" if label != "money" else " tech" for _, label in make_rows(4)]
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
+                     max_length=48, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no",
+                     disable_tqdm=True, seed=0)  # fmt: skip
+    record = RecordLr()
+    trainer = LoraPlusDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), args=args,
+        processing_class=AutoTokenizer.from_pretrained(tiny_llama_dir), train_dataset=Dataset.from_dict(rows),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        callbacks=[record], loraplus_lr_ratio=8,
+    )  # fmt: skip
+    before = lora_b(trainer.model)
+    trainer.train()
+    assert {g["name"] for g in trainer.optimizer.param_groups} == {"lora_A", "lora_B"}
+    assert_ratio_every_step(record.steps, 8.0, min_checked=3)
+    assert all(not torch.equal(before[n], p) for n, p in lora_b(trainer.model).items())  # B trained
 
 
 def test_trl_refuses_loraplus_training_arguments_instead_of_dropping_them(sft_setup, tmp_path):

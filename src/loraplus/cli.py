@@ -67,6 +67,8 @@ def dataclass_from_args(cls, args: argparse.Namespace):
     except UnicodeDecodeError as err:  # a ValueError whose text would not name the file
         raise ValueError(f"config file {args.config!r} is not UTF-8 (byte {err.start}); save it as UTF-8") from None
     options.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    if getattr(args, "prompt_text", None) is not None:  # generate's positional prompt
+        options["prompt"] = args.prompt_text
     return cls(**options)
 
 
@@ -80,6 +82,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     steps, seconds = metrics["train"]["steps"], metrics["wall_time_s"]
     print(f"test {metrics_text(metrics['test'])}  ({steps} steps, {seconds:.0f} s)  -> {cfg.output_dir}")
+    for split in [s for s in metrics if s not in ("test", "validation", "train", "wall_time_s", "generation")]:
+        print(f"{split} {metrics_text(metrics[split])}")
+    for split, scores in metrics.get("generation", {}).items():
+        print(f"{split} generations ({scores['num_examples']}, greedy): exact match {scores.get('exact_match', 0):.4f}  "
+              f"ROUGE-L {scores.get('rougeL', 0):.4f}  -> {cfg.output_dir}/generations.jsonl")
     return 0
 
 
@@ -133,6 +140,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import GenerateCommand
+
+    print(dataclass_from_args(GenerateCommand, args).run()["output"])
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .adapters import MergeCommand
 
@@ -156,10 +170,12 @@ def _config_classes() -> dict:
     from .experiments.sweep import SweepConfig
 
     from .experiments.toy import ToyCommand
+    from .generate import GenerateCommand
     from .ratio import RatioCommand
 
     return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "toy": ToyCommand,
-            "ratio": RatioCommand, "evaluate": EvaluateCommand, "merge": MergeCommand}  # fmt: skip
+            "ratio": RatioCommand, "evaluate": EvaluateCommand, "merge": MergeCommand,
+            "generate": GenerateCommand}  # fmt: skip
 
 
 COMMANDS = {
@@ -202,6 +218,12 @@ COMMANDS = {
         "Load the run's base model with its adapter, rebuild the run's data split (same dataset, fractions, seed), "
         "and print its metrics; on the run's own split they reproduce metrics.json.",
     ),
+    "generate": (
+        _cmd_generate,
+        "the reply of a trained causal LM (an sft run, or a merged model) to a prompt",
+        "Load the run's base model with its adapter (or a merged model folder), render the prompt with the chat "
+        "template the run trained with, and print the reply (greedy unless --temperature > 0).",
+    ),
     "merge": (
         _cmd_merge,
         "fold a trained adapter into its base model: one standalone safetensors model",
@@ -221,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         # allow_abbrev=False: `--lr 1e-3` must not silently mean `--lr-scheduler-type 1e-3`
         command = sub.add_parser(name, help=short, description=long, allow_abbrev=False)
         add_dataclass_options(command, classes[name])
+        if name == "generate":  # loraplus generate --adapter RUN "prompt"
+            command.add_argument("prompt_text", nargs="?", default=None, metavar="PROMPT", help="the user message")
         command.set_defaults(func=func)
     return parser
 

@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .data import check_split_options
+from .instruct_data import FORMATS
 from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPlusConfig, as_float
 from .models import LoraOptions
 from .tasks import TASKS, get_task
@@ -29,17 +30,20 @@ class TrainConfig:
         ValueError: any option out of range, naming the option and the bad value.
     """
 
-    task: str = _opt("classification", f"one of {', '.join(TASKS)}: classification (a new head on the model) or "
-                     "causal-lm (the label as the answer to an instruction prompt; loss on the answer only)")
+    task: str = _opt("classification", f"one of {', '.join(TASKS)}: classification (a new head on the model), "
+                     "causal-lm (the label as the answer to an instruction prompt; loss on the answer only), or sft "
+                     "(instruction tuning on instruction/chat data with TRL)")
     model: str | None = _opt(None, "built-in model name, a local model folder, or a hub id "
                              "(default: minilm-l6 for classification, smollm2-135m for causal-lm)")
-    dataset: str = _opt("bbc-news", "built-in dataset (bbc-news, sms-spam), a csv/tsv/json/jsonl/parquet file, or a hub id")
+    dataset: str | None = _opt(None, "built-in dataset (bbc-news, sms-spam; natural-instructions for sft), a "
+                               "csv/tsv/json/jsonl/parquet file, or a hub id (default: bbc-news; sft: natural-instructions)")
     output_dir: str = _opt("runs/train", "run folder: adapter, metrics.json, config.json, log_history.json, checkpoints")
     overwrite: bool = _opt(False, "replace a finished (or unfinished) run in output_dir")
     resume: bool = _opt(False, "continue an unfinished run from the last checkpoint in output_dir")
     text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
     label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
-    learning_rate: float = _opt(1e-3, "lr_A: lr of the lora_A factors and of the classification head")
+    learning_rate: float | None = _opt(None, "lr_A: lr of the lora_A factors and of the classification head "
+                                       "(default: 1e-3; sft: 2e-4)")
     loraplus_lr_ratio: float | str = _opt(DEFAULT_LORAPLUS_LR_RATIO, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = the "
                                           "width rule of `loraplus ratio`, resolved when the run starts")
     loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
@@ -53,10 +57,10 @@ class TrainConfig:
     use_rslora: bool = _opt(False, "rank-stabilised LoRA scale lora_alpha / sqrt(r)")
     use_dora: bool = _opt(False, "DoRA (weight-decomposed LoRA)")
     epochs: float = _opt(1.0, "passes over the training split")
-    max_steps: int = _opt(-1, "stop after this many optimizer steps (-1: use epochs)")
-    batch_size: int = _opt(16, "training batch size")
-    eval_batch_size: int = _opt(64, "evaluation batch size")
-    max_length: int = _opt(128, "tokens per example (longer texts are truncated)")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps, -1: use epochs (default: -1; sft: 40)")
+    batch_size: int | None = _opt(None, "training batch size (default: 16; sft: 4)")
+    eval_batch_size: int | None = _opt(None, "evaluation batch size (default: 64; sft: 8, its logits span the vocabulary)")
+    max_length: int | None = _opt(None, "tokens per example, longer ones are truncated (default: 128; sft: 384)")
     warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
     lr_scheduler_type: str = _opt("linear", "transformers scheduler name (linear, cosine, constant, ...)")
     eval_steps: int = _opt(25, "evaluate on the validation split (and checkpoint) every N steps")
@@ -70,14 +74,23 @@ class TrainConfig:
     max_train_samples: int | None = _opt(None, "use only the first N training examples (after shuffling)")
     max_eval_samples: int | None = _opt(None, "use only the first N validation and test examples")
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
+    format: str = _opt("auto", "sft data format: auto (from the columns), prompt-completion, alpaca, messages, sharegpt")
+    chat_template: str | None = _opt(None, "sft: a .jinja chat template file (default: the model's own; see README)")
+    train_on_prompt: bool = _opt(False, "sft: loss on every token, not only the completion / assistant turns")
+    packing: bool = _opt(False, "sft: pack examples into max_length rows (TRL's, padding-free; no cross-attention)")
+    eval_generate: int = _opt(16, "sft: greedy generations on this many test examples at the end (0: none)")
+    max_new_tokens: int = _opt(64, "sft: tokens generated at most per example (eval_generate, generate)")
     report_to: tuple[str, ...] = _opt(("none",), "where the training logs also go, comma-separated: none, csv "
                                       "(output_dir/log.csv as it trains), tensorboard (output_dir/tensorboard), or "
                                       "another transformers integration (wandb, mlflow, ...)")
 
     def __post_init__(self) -> None:
-        task = get_task(self.task)  # first: the model default depends on it
+        task = get_task(self.task)  # first: the defaults of model, dataset, lr, ... depend on it
         if self.model is None:
             object.__setattr__(self, "model", task.default_model)
+        for name, value in task.defaults.items():  # None = "the task's default"
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == AUTO:
             object.__setattr__(self, "loraplus_lr_ratio", AUTO)
         coerce_fields(self)
@@ -105,9 +118,26 @@ class TrainConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         check_split_options(self.val_fraction, self.test_fraction, self.seed)
+        self._check_task_options()
         _check_scheduler(self.lr_scheduler_type)
         object.__setattr__(self, "report_to", tuple(dict.fromkeys(self.report_to)))  # "csv,csv" -> ("csv",)
         check_report_to(self.report_to)
+
+    _SFT_OPTIONS = ("format", "chat_template", "train_on_prompt", "packing")
+
+    def _check_task_options(self) -> None:
+        """The sft-only options at their defaults for other tasks; their ranges for sft."""
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        if self.task != "sft":
+            given = [name for name in self._SFT_OPTIONS if getattr(self, name) != defaults[name]]
+            if given:
+                raise ValueError(f"{', '.join('--' + g.replace('_', '-') for g in given)} applies to --task sft only, "
+                                 f"got --task {self.task}")  # fmt: skip
+        if isinstance(self.eval_generate, bool) or not isinstance(self.eval_generate, int) or self.eval_generate < 0:
+            raise ValueError(f"eval_generate must be an integer >= 0, got {self.eval_generate!r}")
+        _positive_int("max_new_tokens", self.max_new_tokens)
+        if self.format != "auto" and self.format not in FORMATS:
+            raise ValueError(f"format must be auto or one of {', '.join(FORMATS)}, got {self.format!r}")
 
     def loraplus(self, ratio: float | None = None) -> LoraPlusConfig:
         """The LoRA+ options as one ``LoraPlusConfig``; ``ratio`` replaces ``loraplus_lr_ratio`` (the number

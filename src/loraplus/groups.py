@@ -35,7 +35,6 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, fields
-from typing import Iterable
 
 from torch import nn
 
@@ -133,6 +132,8 @@ class LoraPlusConfig:
         """``{group name: (lr, weight decay)}`` for base lr ``lr`` (lr_A, > 0); see the module docstring."""
         lr = as_float("lr", lr)
         wd, lr_b = self.weight_decay, lr * self.loraplus_lr_ratio
+        if not math.isfinite(lr_b):
+            raise ValueError(f"lr_B = lr · loraplus_lr_ratio = {lr!r} · {self.loraplus_lr_ratio!r} is not finite")
         lr_other = self.loraplus_lr_other or lr
         return {
             "lora_A": (lr, wd),

@@ -70,9 +70,8 @@ class LoraPlusTrainingArguments(TrainingArguments):
     @classmethod
     def from_loraplus_config(cls, config: LoraPlusConfig, **kwargs) -> "LoraPlusTrainingArguments":
         """Arguments carrying ``config`` (its weight decay becomes ``weight_decay``) and ``kwargs``."""
-        return cls(**kwargs, loraplus_lr_ratio=config.loraplus_lr_ratio,
-                   loraplus_lr_embedding=config.loraplus_lr_embedding, loraplus_lr_other=config.loraplus_lr_other,
-                   weight_decay=config.weight_decay)  # fmt: skip
+        return cls(**{**kwargs, "loraplus_lr_ratio": config.loraplus_lr_ratio, "weight_decay": config.weight_decay,
+                      "loraplus_lr_embedding": config.loraplus_lr_embedding, "loraplus_lr_other": config.loraplus_lr_other})
 
 
 class LoraPlusMixin:

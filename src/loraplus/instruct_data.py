@@ -46,9 +46,20 @@ from typing import Any
 import datasets
 import numpy as np
 
+from .bigbench import fetch_bigbench, natural_instructions, ni_prompt, split_natural_instructions
 from .data import check_split_options, load_source, standard_splits
 
-__all__ = ["FORMATS", "InstructionData", "detect_format", "load_instruction_data"]
+__all__ = ["BUILTIN_INSTRUCTION_DATASETS", "EXTRA_SPLITS", "FORMATS", "InstructionData", "detect_format",
+           "load_instruction_data"]
+
+BUILTIN_INSTRUCTION_DATASETS: dict[str, str] = {
+    "natural-instructions": "Natural Instructions v1 from the BIG-bench 1.0.0 sdist (fetched once, 358 MB): task "
+    "definition + input -> target; a fixed subset of NI_PER_TASK examples of each of the 54 seen tasks, and a "
+    "'heldout' split of NI_HELDOUT_PER_TASK examples of each of the 7 held-out tasks (CosmosQA, ROPES)",
+}
+EXTRA_SPLITS = ("heldout",)  # kept beside train/validation/test when a source has it (evaluated, never trained on)
+NI_PER_TASK = 24  # examples of each seen task (split into train/validation/test by the run's fractions and seed)
+NI_HELDOUT_PER_TASK = 8  # examples of each held-out task
 
 FORMATS: tuple[str, ...] = ("prompt-completion", "alpaca", "messages", "sharegpt")
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -129,7 +140,8 @@ def load_instruction_data(
     """Load, clean, deduplicate and split an instruction-tuning dataset (see the module docstring for the rules).
 
     Args:
-        dataset: a local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file, a data folder (files named
+        dataset: a built-in name (``BUILTIN_INSTRUCTION_DATASETS``), a local
+            ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file, a data folder (files named
             after their split, e.g. ``train.jsonl`` and ``validation.jsonl``) or a Hub id ``"owner/name"``
             (needs a network).
         format: ``"auto"`` (default: detect from the columns of the train split) or one of ``FORMATS``.
@@ -147,8 +159,11 @@ def load_instruction_data(
         FileNotFoundError: a path with a supported suffix that does not exist.
     """
     _check_options(format, val_fraction, test_fraction, seed)
-    raw, source = load_source(dataset)
-    parts = standard_splits(raw, source)
+    if dataset in BUILTIN_INSTRUCTION_DATASETS:
+        raw, source = _natural_instructions(), f"builtin:{dataset}"
+    else:
+        raw, source = load_source(dataset)
+    parts = {**standard_splits(raw, source), **{k: v for k, v in raw.items() if k in EXTRA_SPLITS}}
     fmt = _choose_format(parts, format, source)
     rows, num_duplicates, dropped = _clean(parts, fmt, source)
     if dropped:
@@ -163,6 +178,30 @@ def load_instruction_data(
         for split, examples in split_rows.items()
     })
     return InstructionData(splits, fmt, kind, source, num_duplicates, dropped)
+
+
+def _natural_instructions() -> dict[str, datasets.Dataset]:
+    """The ``natural-instructions`` built-in as prompt/completion rows: ``train`` (seen tasks) and ``heldout``.
+
+    The subset is fixed (drawn with seed 0, whatever the run's seed): ``NI_PER_TASK`` examples per seen task,
+    ``NI_HELDOUT_PER_TASK`` per held-out task (``loraplus.bigbench.heldout_subtasks``). Prompt: ``ni_prompt``
+    (definition + input); completion: the first reference.
+    """
+    split = split_natural_instructions(natural_instructions(fetch_bigbench()))
+    rng = np.random.default_rng(0)
+
+    def subset(rows: list[dict], per_task: int) -> datasets.Dataset:
+        by_task: dict[str, list[dict]] = {}
+        for row in rows:
+            by_task.setdefault(row["subtask"], []).append(row)
+        picked = []
+        for task in sorted(by_task):
+            members = by_task[task]
+            picked += [members[i] for i in sorted(rng.permutation(len(members))[:per_task])]
+        return datasets.Dataset.from_dict({"prompt": [ni_prompt(r) for r in picked],
+                                           "completion": [r["target"] for r in picked]})  # fmt: skip
+
+    return {"train": subset(split.train, NI_PER_TASK), "heldout": subset(split.test, NI_HELDOUT_PER_TASK)}
 
 
 def _check_options(format: str, val_fraction: float, test_fraction: float, seed: int) -> None:
@@ -291,8 +330,9 @@ def _carve(rows: Mapping[str, list[Example]], fractions: Mapping[str, float], se
            ) -> dict[str, list[Example]]:
     """Carve each split missing from ``rows`` out of train at random; train and carved splits in shuffled order."""
     missing = {split: f for split, f in fractions.items() if split not in rows}
+    names = (*_SPLITS, *(split for split in rows if split in EXTRA_SPLITS))
     if not missing:
-        return {split: list(rows[split]) for split in _SPLITS}
+        return {split: list(rows[split]) for split in names}
     train = rows["train"]
     n = len(train)
     counts = {split: math.floor(f * n + 0.5) for split, f in missing.items()}
@@ -311,4 +351,4 @@ def _carve(rows: Mapping[str, list[Example]], fractions: Mapping[str, float], se
         out[split] = [train[i] for i in order[start : start + count]]
         start += count
     out["train"] = [train[i] for i in order[start:]]
-    return {split: out[split] for split in _SPLITS}
+    return {split: out[split] for split in names}

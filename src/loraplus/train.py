@@ -69,10 +69,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
     return out
 
 
-def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig) -> LoraPlusTrainingArguments:
-    """The run's ``LoraPlusTrainingArguments`` (checkpoints in ``out/checkpoints``), carrying ``loraplus``."""
-    return LoraPlusTrainingArguments.from_loraplus_config(
-        loraplus,
+def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig, args_class: type | None = None,
+                       extra: dict | None = None):  # fmt: skip
+    """The run's training arguments (checkpoints in ``out/checkpoints``): ``LoraPlusTrainingArguments`` carrying
+    ``loraplus``, or ``args_class`` (a task's, e.g. TRL's ``SFTConfig``) with the same options plus ``extra``."""
+    common = dict(
         output_dir=str(out / "checkpoints"),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
@@ -94,7 +95,11 @@ def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig) ->
         dataloader_num_workers=0,
         disable_tqdm=False,
         logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run: safety.NonFiniteLossCallback)
+        weight_decay=loraplus.weight_decay,
     )
+    if args_class is None:
+        return LoraPlusTrainingArguments.from_loraplus_config(loraplus, **{**common, **(extra or {})})
+    return args_class(**common, **(extra or {}))
 
 
 class CsvLogCallback(TrainerCallback):
@@ -153,25 +158,28 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
     task = get_task(cfg.task)
     loraplus = cfg.loraplus() if loraplus is None else loraplus
     transformers.set_seed(cfg.seed)
-    tokenizer, model = task.load_model(path, data.label_names, trust_remote_code=cfg.trust_remote_code)
+    tokenizer, model = task.load_model(path, getattr(data, "label_names", None), trust_remote_code=cfg.trust_remote_code)
     limit = model_max_length(tokenizer, model)
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
     model = attach_lora(model, cfg.lora(), task.peft_task_type, adapter)
     tokenized, parts = task.encode(data, tokenizer, cfg)
-    trainer = LoraPlusTrainer(
+    trainer = (parts.trainer_class or LoraPlusTrainer)(
         model=model,
         optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: the LoRA+ groups
-        args=training_arguments(cfg, out, loraplus),
+        args=training_arguments(cfg, out, loraplus, parts.args_class, parts.args_extra),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         data_collator=parts.data_collator,
         compute_metrics=parts.compute_metrics,
         preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
         callbacks=list(callbacks),
+        loraplus_config=loraplus,
+        **parts.trainer_kwargs,
     )
     if parts.model_accepts_loss_kwargs is not None:
         trainer.model_accepts_loss_kwargs = parts.model_accepts_loss_kwargs
+    trainer.loraplus_task_summary = parts.summary
     return trainer, tokenizer, tokenized
 
 
@@ -261,25 +269,32 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
     trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus)
     sizes = {name: len(split) for name, split in tokenized.items()}
-    logger.info("data %s: %s, %d classes", data.source, sizes, len(data.label_names))
+    labels = getattr(data, "label_names", None)
+    logger.info("data %s: %s%s", data.source, sizes, f", {len(labels)} classes" if labels else "")
     monitor = None
     if cfg.monitor:
         monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
     train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
     validation = trainer.evaluate()
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
+    task = get_task(cfg.task)
+    extra = {name: trainer.evaluate(tokenized[name], metric_key_prefix=name)
+             for name in tokenized if name not in ("train", "validation", "test")}  # e.g. held-out tasks
     metrics = {
-        "test": split_metrics(test, "test"),
-        "validation": split_metrics(validation, "eval"),
+        "test": task.split_metrics(split_metrics(test, "test")),
+        "validation": task.split_metrics(split_metrics(validation, "eval")),
+        **{name: task.split_metrics(split_metrics(values, name)) for name, values in extra.items()},
         "train": {
             "loss": float(train_result.training_loss),
             "steps": int(trainer.state.global_step),
             "runtime_s": float(train_result.metrics.get("train_runtime", 0.0)),
             "samples_per_second": float(train_result.metrics.get("train_samples_per_second", 0.0)),
         },
-        "wall_time_s": time.perf_counter() - start,
     }
-    if trainer.is_world_process_zero():  # under torchrun/accelerate only rank 0 writes
+    main = trainer.is_world_process_zero()
+    metrics.update(task.final_metrics(trainer, tokenizer, tokenized, cfg, out if main else None))
+    metrics["wall_time_s"] = time.perf_counter() - start
+    if main:  # under torchrun/accelerate only rank 0 writes
         if monitor is not None:
             _write_monitor(out, monitor.monitor)
         _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics, loraplus)
@@ -305,8 +320,9 @@ def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, size
         "config": cfg.to_dict(),
         "loraplus": dataclasses.asdict(loraplus),
         "model_path": str(trainer.model.peft_config["default"].base_model_name_or_path),
-        "labels": data.label_names,
-        "data": {"source": data.source, "sizes": sizes, "duplicates_removed": data.num_duplicates_removed},
+        "labels": getattr(data, "label_names", None),
+        "data": {"source": data.source, "sizes": sizes, "duplicates_removed": data.num_duplicates_removed,
+                 **trainer.loraplus_task_summary},
         "parameter_groups": describe_groups(trainer.optimizer).splitlines(),
         "versions": _versions(),
     }

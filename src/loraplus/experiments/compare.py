@@ -60,8 +60,8 @@ class CompareConfig(TrainConfig):
     jobs: int = _opt(2, "runs at once (each gets cpu_count / jobs threads)")
 
     def __post_init__(self) -> None:
+        check_not_set_by_experiment(self)  # before the task fills in its defaults
         super().__post_init__()
-        check_not_set_by_experiment(self)
         if self.loraplus_lr_ratio == AUTO:
             raise ValueError("compare needs a number for loraplus_lr_ratio (the λ of the LoRA+ methods), got 'auto'")
         unknown = [m for m in self.methods if m not in METHODS]

@@ -53,8 +53,8 @@ class SweepConfig(TrainConfig):
     jobs: int = _opt(2, "runs at once (each gets cpu_count / jobs threads)")
 
     def __post_init__(self) -> None:
+        check_not_set_by_experiment(self)  # before the task fills in its defaults
         super().__post_init__()
-        check_not_set_by_experiment(self)
         for name in ("lr_a_points", "lr_b_points", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -12,10 +12,11 @@ implementing ``Task`` plus one line in ``loraplus.tasks.TASKS``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Task", "TrainerParts", "limit_samples"]
+__all__ = ["BaseTask", "Task", "TrainerParts", "limit_samples"]
 
 
 @dataclass(frozen=True)
@@ -29,21 +30,33 @@ class TrainerParts:
         model_accepts_loss_kwargs: False for a loss that is a per-batch mean ignoring ``num_items_in_batch``
             (a sequence classifier: left True, transformers 5 scales the loss by the number of processes under
             DDP); None keeps the Trainer's own detection.
+        trainer_class: a ``LoraPlusMixin`` Trainer class; None = ``loraplus.hf.LoraPlusTrainer``.
+        args_class: its arguments class (e.g. TRL's ``SFTConfig``); None = ``LoraPlusTrainingArguments``.
+        args_extra: options of ``args_class`` beyond the run's common ones (``max_length``, ``packing``, ...).
+        trainer_kwargs: extra keyword arguments of ``trainer_class`` (e.g. ``processing_class``).
+        summary: what the task did to the data (JSON-serialisable), recorded in the run's ``config.json``.
     """
 
-    data_collator: Callable
-    compute_metrics: Callable[[Any], dict[str, float]]
+    data_collator: Callable | None
+    compute_metrics: Callable[[Any], dict[str, float]] | None
     preprocess_logits_for_metrics: Callable | None = None
     model_accepts_loss_kwargs: bool | None = None
+    trainer_class: type | None = None
+    args_class: type | None = None
+    args_extra: dict = field(default_factory=dict)
+    trainer_kwargs: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
 
 
 class Task(Protocol):
     """One kind of fine-tuning. Attributes: ``name`` (the ``--task`` value), ``default_model`` (a built-in
-    model name), ``peft_task_type`` (PEFT's ``task_type``: ``SEQ_CLS``, ``CAUSAL_LM``), ``metrics`` (names of the
+    model name), ``defaults`` (``TrainConfig`` options left unset by the user: ``dataset``, ``learning_rate``,
+    ``batch_size``, ``eval_batch_size``, ``max_length``, ``max_steps``), ``peft_task_type`` (PEFT's ``task_type``: ``SEQ_CLS``, ``CAUSAL_LM``), ``metrics`` (names of the
     metrics its splits report, without the split prefix: what an experiment may optimise)."""
 
     name: str
     default_model: str
+    defaults: dict  # TrainConfig options the task sets when the user does not (dataset, learning_rate, ...)
     peft_task_type: str
     metrics: tuple[str, ...]
 
@@ -69,6 +82,29 @@ class Task(Protocol):
 
     def adapter_labels(self, adapter, recorded: list[str] | None) -> list[str] | None:
         """Label names for loading a saved adapter: the run's recorded ones, else what the adapter implies."""
+
+    def split_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """One split's metrics (prefix removed) with what the task derives from them (e.g. perplexity)."""
+
+    def final_metrics(self, trainer, tokenizer, tokenized, cfg, out: Path | None) -> dict:
+        """Metrics computed once after training (e.g. generations), merged into ``metrics.json``; may write
+        files into the run folder ``out`` (None: write nothing)."""
+
+
+LABEL_TASK_DEFAULTS = {"dataset": "bbc-news", "learning_rate": 1e-3, "batch_size": 16, "eval_batch_size": 64,
+                       "max_length": 128, "max_steps": -1}
+
+
+class BaseTask:
+    """Defaults of the optional ``Task`` methods: metrics as the Trainer gives them, nothing after training."""
+
+    defaults = LABEL_TASK_DEFAULTS
+
+    def split_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return metrics
+
+    def final_metrics(self, trainer, tokenizer, tokenized, cfg, out: Path | None) -> dict:
+        return {}
 
 
 def limit_samples(splits, cfg):

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..data import map_cached
 from ..models import gguf_model_folder
-from .base import TrainerParts, limit_samples
+from .base import BaseTask, TrainerParts, limit_samples
 from .classification import load_labelled_data
 
 __all__ = [
@@ -227,7 +227,7 @@ def causal_metrics(eval_pred) -> dict[str, float]:
 # ---------------------------------------------------------------- the task
 
 
-class CausalLMTask:
+class CausalLMTask(BaseTask):
     """``--task causal-lm``: a causal LM answers an instruction prompt with the label (loss on the answer only).
 
     LoRA uses ``task_type="CAUSAL_LM"`` (Llama's PEFT default targets: q_proj, v_proj); nothing else trains

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import load_classification_data, map_cached
 from ..models import load_sequence_classifier
-from .base import TrainerParts, limit_samples
+from .base import BaseTask, TrainerParts, limit_samples
 
 __all__ = ["ClassificationTask", "compute_metrics"]
 
@@ -33,7 +33,7 @@ def load_labelled_data(cfg):
     )  # fmt: skip
 
 
-class ClassificationTask:
+class ClassificationTask(BaseTask):
     """``--task classification``: ``AutoModelForSequenceClassification`` with a new head over ``labels``."""
 
     name = "classification"
