@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .data import check_split_options
 from .instruct_data import FORMATS
+from .precision import ATTENTION, DEVICES
 from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPlusConfig, as_float
 from .models import LoraOptions
 from .tasks import TASKS, get_task
@@ -74,6 +75,19 @@ class TrainConfig:
     max_train_samples: int | None = _opt(None, "use only the first N training examples (after shuffling)")
     max_eval_samples: int | None = _opt(None, "use only the first N validation and test examples")
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
+    device: str = _opt("auto", "auto (CUDA if there is a GPU, else CPU), cpu or cuda")
+    bf16: bool | None = _opt(None, "bf16 mixed precision (default: on a CUDA GPU that supports it; on CPU it runs "
+                             "under CPU autocast); --no-bf16 for fp32")
+    fp16: bool = _opt(False, "fp16 mixed precision with a gradient scaler (CUDA only; LoRA parameters stay float32)")
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step (effective batch = batch_size x "
+                                            "this x processes)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass (non-reentrant)")
+    max_grad_norm: float = _opt(1.0, "clip the gradient norm of each step to this (> 0)")
+    load_in_4bit: bool = _opt(False, "QLoRA: load the base in 4 bits (bitsandbytes nf4, double quantisation; CUDA)")
+    load_in_8bit: bool = _opt(False, "load the base in 8 bits (bitsandbytes LLM.int8; CUDA)")
+    attn_implementation: str = _opt("sdpa", "attention: sdpa, eager, flash_attention_2, flash_attention_3, "
+                                    "flex_attention")
+    use_liger_kernel: bool = _opt(False, "transformers' Liger kernels (pip install liger-kernel)")
     format: str = _opt("auto", "sft data format: auto (from the columns), prompt-completion, alpaca, messages, sharegpt")
     chat_template: str | None = _opt(None, "sft: a .jinja chat template file (default: the model's own; see README)")
     train_on_prompt: bool = _opt(False, "sft: loss on every token, not only the completion / assistant turns")
@@ -119,6 +133,7 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         check_split_options(self.val_fraction, self.test_fraction, self.seed)
         self._check_task_options()
+        self._check_hardware_options()
         _check_scheduler(self.lr_scheduler_type)
         object.__setattr__(self, "report_to", tuple(dict.fromkeys(self.report_to)))  # "csv,csv" -> ("csv",)
         check_report_to(self.report_to)
@@ -138,6 +153,23 @@ class TrainConfig:
         _positive_int("max_new_tokens", self.max_new_tokens)
         if self.format != "auto" and self.format not in FORMATS:
             raise ValueError(f"format must be auto or one of {', '.join(FORMATS)}, got {self.format!r}")
+
+    def _check_hardware_options(self) -> None:
+        """The ranges of the device/precision options (what the machine has is checked when the run starts)."""
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(f"attn_implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}")
+        _positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
+        as_float("max_grad_norm", self.max_grad_norm)
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("give --load-in-4bit or --load-in-8bit, not both")
+        if self.bf16 and self.fp16:
+            raise ValueError("give --bf16 or --fp16, not both")
+
+    def effective_batch_size(self, processes: int = 1) -> int:
+        """Examples per optimizer step: ``batch_size`` x ``gradient_accumulation_steps`` x ``processes``."""
+        return self.batch_size * self.gradient_accumulation_steps * processes
 
     def loraplus(self, ratio: float | None = None) -> LoraPlusConfig:
         """The LoRA+ options as one ``LoraPlusConfig``; ``ratio`` replaces ``loraplus_lr_ratio`` (the number

@@ -204,10 +204,11 @@ def load_adapter(model, adapter: str | Path):
         ) from None
 
 
-def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_code: bool = False):
+def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_code: bool = False, hardware=None):
     """Load ``(tokenizer, model)`` for sequence classification with a new head of ``len(label_names)`` outputs.
 
-    The model is loaded in float32. ``trust_remote_code`` stays off unless the user asks.
+    The model is loaded in float32 (``hardware``: a ``loraplus.precision.RunHardware`` for the attention
+    implementation and 4/8-bit loading). ``trust_remote_code`` stays off unless the user asks.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -220,6 +221,7 @@ def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_
         label2id={name: i for i, name in enumerate(label_names)},
         dtype=torch.float32,
         trust_remote_code=trust_remote_code,
+        **(hardware.from_pretrained_kwargs() if hardware is not None else {}),
     )
     if tokenizer.pad_token is None:  # decoder models (GPT-2, Llama) have no pad token
         tokenizer.pad_token = tokenizer.eos_token

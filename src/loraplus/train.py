@@ -24,6 +24,7 @@ from .io import atomic_dir, atomic_write_json, write_problem
 from .models import attach_lora, model_max_length, resolve_model
 from .monitor import plot_monitor
 from .optim import describe_groups
+from .precision import RunHardware, resolve_hardware
 from .safety import NonFiniteLossCallback, last_good_checkpoint
 from .tasks import get_task
 from .width_rule import width_rule_for
@@ -70,9 +71,11 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
 
 
 def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig, args_class: type | None = None,
-                       extra: dict | None = None):  # fmt: skip
+                       extra: dict | None = None, hardware: RunHardware | None = None):  # fmt: skip
     """The run's training arguments (checkpoints in ``out/checkpoints``): ``LoraPlusTrainingArguments`` carrying
-    ``loraplus``, or ``args_class`` (a task's, e.g. TRL's ``SFTConfig``) with the same options plus ``extra``."""
+    ``loraplus``, or ``args_class`` (a task's, e.g. TRL's ``SFTConfig``) with the same options plus ``extra``;
+    device and precision from ``hardware`` (default: ``resolve_hardware(cfg)``)."""
+    hardware = resolve_hardware(cfg) if hardware is None else hardware
     common = dict(
         output_dir=str(out / "checkpoints"),
         learning_rate=cfg.learning_rate,
@@ -91,7 +94,14 @@ def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig, ar
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[n for n in cfg.report_to if n not in ("none", "csv", "tensorboard")] or "none",  # see reporters
-        use_cpu=not torch.cuda.is_available(),  # CPU DDP over gloo needs it; GPUs get NCCL/FSDP/DeepSpeed
+        use_cpu=hardware.device == "cpu",  # CPU DDP over gloo needs it; GPUs get NCCL/FSDP/DeepSpeed
+        bf16=hardware.precision == "bf16",
+        fp16=hardware.precision == "fp16",
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        max_grad_norm=cfg.max_grad_norm,
+        use_liger_kernel=cfg.use_liger_kernel,
         dataloader_num_workers=0,
         disable_tqdm=False,
         logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run: safety.NonFiniteLossCallback)
@@ -142,7 +152,7 @@ def reporting_callbacks(cfg: TrainConfig, out: Path) -> list:
 
 
 def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), adapter: str | None = None,
-                  loraplus: LoraPlusConfig | None = None):  # fmt: skip
+                  loraplus: LoraPlusConfig | None = None, hardware: RunHardware | None = None):  # fmt: skip
     """Load the model at ``path`` for ``cfg.task``, inject LoRA, tokenize, and return ``(trainer, tokenizer,
     tokenized splits)``: the one Trainer of every task.
 
@@ -157,8 +167,11 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
 
     task = get_task(cfg.task)
     loraplus = cfg.loraplus() if loraplus is None else loraplus
+    hardware = resolve_hardware(cfg) if hardware is None else hardware
     transformers.set_seed(cfg.seed)
-    tokenizer, model = task.load_model(path, getattr(data, "label_names", None), trust_remote_code=cfg.trust_remote_code)
+    labels = getattr(data, "label_names", None)
+    tokenizer, model = task.load_model(path, labels, trust_remote_code=cfg.trust_remote_code, hardware=hardware)
+    prepare_base_(model, hardware, cfg.gradient_checkpointing)
     limit = model_max_length(tokenizer, model)
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
@@ -167,7 +180,7 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
     trainer = (parts.trainer_class or LoraPlusTrainer)(
         model=model,
         optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: the LoRA+ groups
-        args=training_arguments(cfg, out, loraplus, parts.args_class, parts.args_extra),
+        args=training_arguments(cfg, out, loraplus, parts.args_class, parts.args_extra, hardware),
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         data_collator=parts.data_collator,
@@ -181,6 +194,19 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
         trainer.model_accepts_loss_kwargs = parts.model_accepts_loss_kwargs
     trainer.loraplus_task_summary = parts.summary
     return trainer, tokenizer, tokenized
+
+
+def prepare_base_(model, hardware: RunHardware, gradient_checkpointing: bool) -> None:
+    """Before LoRA: PEFT's ``prepare_model_for_kbit_training`` for a quantised base; with gradient checkpointing
+    and frozen input embeddings, ``enable_input_require_grads`` so gradients reach the adapters (without it,
+    reentrant checkpointing leaves ``lora_B`` at zero)."""
+    if hardware.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                        gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
+    if gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 def peft_optimizer(cfg: TrainConfig, model):
@@ -262,13 +288,25 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         ValueError: bad options, data or model (from the loaders), or a split smaller than one batch.
     """
     start = time.perf_counter()
+    hardware = resolve_hardware(cfg)  # no GPU for --fp16 / --load-in-4bit: refused before anything is written
     loraplus = cfg.loraplus(resolve_ratio(cfg))  # auto reads the model's config: a bad model fails before the folder
     out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     path = resolve_model(cfg.model)  # a bad model name fails before the data is read
     data = get_task(cfg.task).load_data(cfg)
     callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
-    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus)
+    trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus, hardware=hardware)
     sizes = {name: len(split) for name, split in tokenized.items()}
+    processes = trainer.args.world_size
+    if cfg.effective_batch_size(processes) > sizes["train"]:
+        raise ValueError(f"the effective batch ({cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
+                         f"{processes} processes = {cfg.effective_batch_size(processes)}) is larger than the "
+                         f"{sizes['train']} training examples")  # fmt: skip
+    trainer.loraplus_hardware = {**dataclasses.asdict(hardware), "processes": processes,
+                                 "effective_batch_size": cfg.effective_batch_size(processes)}  # fmt: skip
+    logger.info("device %s, %s, attention %s%s, effective batch %d (%d x %d accumulation x %d processes)",
+                hardware.device, hardware.precision, hardware.attn_implementation,
+                f", base in {hardware.quantization}" if hardware.quantization else "",
+                cfg.effective_batch_size(processes), cfg.batch_size, cfg.gradient_accumulation_steps, processes)
     labels = getattr(data, "label_names", None)
     logger.info("data %s: %s%s", data.source, sizes, f", {len(labels)} classes" if labels else "")
     monitor = None
@@ -319,6 +357,7 @@ def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, size
     run_config = {
         "config": cfg.to_dict(),
         "loraplus": dataclasses.asdict(loraplus),
+        "hardware": getattr(trainer, "loraplus_hardware", None),
         "model_path": str(trainer.model.peft_config["default"].base_model_name_or_path),
         "labels": getattr(data, "label_names", None),
         "data": {"source": data.source, "sizes": sizes, "duplicates_removed": data.num_duplicates_removed,

@@ -67,8 +67,10 @@ class Task(Protocol):
             ValueError, FileNotFoundError, ModuleNotFoundError: bad or missing data, naming it.
         """
 
-    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
-        """``(tokenizer, base model)`` in float32, no LoRA yet; ``labels`` sizes a classification head."""
+    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False,
+                   hardware=None) -> tuple[Any, Any]:  # fmt: skip
+        """``(tokenizer, base model)`` in float32, no LoRA yet; ``labels`` sizes a classification head;
+        ``hardware`` (``loraplus.precision.RunHardware``): attention implementation and 4/8-bit loading."""
 
     def encode(self, data: Any, tokenizer, cfg) -> tuple[Any, TrainerParts]:
         """Tokenize ``data.splits`` after ``limit_samples`` and return ``(DatasetDict, TrainerParts)``.

@@ -64,8 +64,9 @@ def resolve_smollm2(cache_dir: str | Path | None = None) -> str:
     return gguf_model_folder("smollm2-135m", cache_dir)
 
 
-def load_causal_lm(path: str, *, trust_remote_code: bool = False):
+def load_causal_lm(path: str, *, trust_remote_code: bool = False, hardware=None):
     """Load ``(tokenizer, model)`` for causal LM in float32; right padding, pad = EOS when the model has none.
+    ``hardware``: a ``loraplus.precision.RunHardware`` for the attention implementation and 4/8-bit loading.
 
     The KV cache is off (``use_cache=False``): training and one-pass evaluation never reuse it.
     """
@@ -73,7 +74,8 @@ def load_causal_lm(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                 **(hardware.from_pretrained_kwargs() if hardware is not None else {}))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {path!r} has no EOS token: the answer could not end")
     if tokenizer.pad_token is None:
@@ -244,8 +246,8 @@ class CausalLMTask(BaseTask):
     def load_data(self, cfg):
         return load_labelled_data(cfg)
 
-    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False):
-        return load_causal_lm(path, trust_remote_code=trust_remote_code)
+    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False, hardware=None):
+        return load_causal_lm(path, trust_remote_code=trust_remote_code, hardware=hardware)
 
     def encode(self, data, tokenizer, cfg):
         """Build the answer format, tokenize every split; raises ValueError when ``max_length`` is too short."""

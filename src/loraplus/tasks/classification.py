@@ -44,10 +44,10 @@ class ClassificationTask(BaseTask):
     def load_data(self, cfg):
         return load_labelled_data(cfg)
 
-    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False):
+    def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False, hardware=None):
         if not labels:
             raise ValueError("a classification model needs its label names")
-        return load_sequence_classifier(path, labels, trust_remote_code=trust_remote_code)
+        return load_sequence_classifier(path, labels, trust_remote_code=trust_remote_code, hardware=hardware)
 
     def encode(self, data, tokenizer, cfg):
         """Tokenize the splits (no padding: batches are padded dynamically) after the sample limits; cached."""

@@ -159,8 +159,8 @@ class SFTTask(BaseTask):
         return load_instruction_data(cfg.dataset, format=cfg.format, val_fraction=cfg.val_fraction,
                                      test_fraction=cfg.test_fraction, seed=cfg.seed)  # fmt: skip
 
-    def load_model(self, path: str, labels, *, trust_remote_code: bool = False):
-        return load_causal_lm(path, trust_remote_code=trust_remote_code)
+    def load_model(self, path: str, labels, *, trust_remote_code: bool = False, hardware=None):
+        return load_causal_lm(path, trust_remote_code=trust_remote_code, hardware=hardware)
 
     def encode(self, data, tokenizer, cfg):
         """Set the training chat template, make the splits conversational, drop and count by length."""
@@ -183,9 +183,6 @@ class SFTTask(BaseTask):
             "max_length": cfg.max_length, "packing": cfg.packing, "dataset_kwargs": {"skip_prepare_dataset": False},
             "completion_only_loss": not cfg.train_on_prompt,
             "assistant_only_loss": data.kind == "messages" and not cfg.train_on_prompt,
-            # SFTConfig's own defaults differ from TrainingArguments': bf16 (CPU autocast, ~10x slower here) and
-            # gradient checkpointing on. Every task runs in float32 without checkpointing unless asked.
-            "bf16": False, "gradient_checkpointing": False,
         }  # fmt: skip
         parts = TrainerParts(None, None, trainer_class=LoraPlusSFTTrainer, args_class=SFTConfig,
                              args_extra=args_extra, trainer_kwargs={"processing_class": tokenizer},
