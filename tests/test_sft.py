@@ -239,3 +239,18 @@ def test_generate_refuses_a_classification_run_and_a_folder_without_adapter(tiny
         GenerateCommand(adapter=str(empty), prompt="hi").run()
     with pytest.raises(ValueError, match="give the prompt"):
         GenerateCommand(adapter=str(run), prompt=" ")
+
+
+def test_a_merged_sft_run_keeps_its_chat_template_and_replies_the_same(bare_llama, tmp_path):
+    """merge saves the run's tokenizer (the plain template it trained with); generate on the merged folder repeats
+    the run's greedy reply."""
+    from loraplus.adapters import MergeCommand
+    from loraplus.generate import GenerateCommand
+
+    with pytest.warns(UserWarning, match="no chat template"):
+        run_train(sft_config(bare_llama, data_file(tmp_path, "alpaca"), tmp_path / "run", max_steps=8, eval_steps=8))
+    MergeCommand(adapter=str(tmp_path / "run"), out=str(tmp_path / "merged")).run()
+    first = json.loads((tmp_path / "run" / "generations.jsonl").read_text().splitlines()[0])
+    message = first["prompt"][0]["content"]
+    merged = GenerateCommand(adapter=str(tmp_path / "merged"), prompt=message, max_new_tokens=4).run()
+    assert merged["source"].startswith("model ") and merged["output"] == first["output"]

@@ -17,7 +17,7 @@ from .config import TrainConfig, _opt, coerce_fields
 from .evaluate_mmlu import evaluate_mmlu, mmlu_text
 from .io import atomic_dir, atomic_write_json, write_problem
 from .models import load_adapter
-from .runs import RunFolder, find_run
+from .runs import RunFolder, adapter_tokenizer, find_run
 from .tasks import TASKS, get_task, task_for_peft_type
 from .train import build_trainer, metrics_text, split_metrics
 
@@ -273,6 +273,7 @@ def _check_merge_out(out: Path, given: str, overwrite: bool, adapter: Path) -> N
 def _adapter_model(run: RunFolder, dtype):
     """``(auto class, tokenizer, PeftModel in eval mode)``: the base model with the adapter loaded, in ``dtype``."""
     auto_class, tokenizer, base = _load_base(run)
+    tokenizer = adapter_tokenizer(run, tokenizer)  # e.g. the chat template an sft run trained with
     return auto_class, tokenizer, load_adapter(base.to(dtype), run.adapter).to(dtype)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs import find_run
+from .runs import adapter_tokenizer, find_run
 from .config import _opt, coerce_fields
 from .generation import GenerationOptions, generate
 from .models import load_adapter
@@ -81,15 +81,5 @@ def load_for_generation(path: str, base_model: str | None = None):
         tokenizer, base = load_causal_lm(run.model_path)
     except OSError as err:
         raise ValueError(f"cannot load the base model {run.model_path!r}: {' '.join(str(err).split())[:300]}") from None
-    if (run.adapter / "tokenizer_config.json").is_file():  # the tokenizer (chat template) the run trained with
-        tokenizer = _adapter_tokenizer(run.adapter)
+    tokenizer = adapter_tokenizer(run, tokenizer)  # the chat template the run trained with
     return load_adapter(base, run.adapter), tokenizer, f"adapter {run.adapter} on {run.model_path}"
-
-
-def _adapter_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .models import looks_like_path, resolve_model
 
-__all__ = ["RunFolder", "find_run"]
+__all__ = ["RunFolder", "adapter_tokenizer", "find_run"]
 
 logger = logging.getLogger("loraplus")
 
@@ -109,3 +109,16 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{str(path)!r} does not hold a JSON object")
     return data
+
+
+def adapter_tokenizer(run: RunFolder, fallback):
+    """The tokenizer saved with the adapter (with the chat template the run trained with), else ``fallback``;
+    pad = EOS when it has no pad token."""
+    if not (run.adapter / "tokenizer_config.json").is_file():
+        return fallback
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run.adapter))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
