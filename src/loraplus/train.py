@@ -276,12 +276,32 @@ def resolve_ratio(cfg: TrainConfig) -> float:
         ) from None
 
 
+def _hardware_summary(cfg: TrainConfig, hardware: RunHardware, processes: int, train_size: int) -> dict:
+    """What ``config.json`` records under ``hardware`` (also printed): device, precision, attention, quantisation,
+    processes and the effective batch.
+
+    Raises:
+        ValueError: the effective batch (batch x accumulation x processes) exceeds the training split.
+    """
+    effective = cfg.effective_batch_size(processes)
+    if effective > train_size:
+        raise ValueError(f"the effective batch ({cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
+                         f"{processes} processes = {effective}) is larger than the {train_size} training examples")
+    logger.info("device %s, %s, attention %s%s, effective batch %d (%d x %d accumulation x %d processes)",
+                hardware.device, hardware.precision, hardware.attn_implementation,
+                f", base in {hardware.quantization}" if hardware.quantization else "", effective, cfg.batch_size,
+                cfg.gradient_accumulation_steps, processes)  # fmt: skip
+    return {**dataclasses.asdict(hardware), "processes": processes, "effective_batch_size": effective}
+
+
 def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.dataset`` with LoRA+ for ``cfg.task`` and write the run folder.
 
     Returns the metrics dict also written to ``metrics.json``:
     ``{"test": {"accuracy", "macro_f1", "loss"}, "validation": {...}, "train": {...}, "wall_time_s": float}``;
-    with ``task="causal-lm"`` the splits also carry ``perplexity`` and ``exact_match``.
+    with ``task="causal-lm"`` the splits also carry ``perplexity`` and ``exact_match``; with ``task="sft"`` the
+    splits carry ``loss`` and ``perplexity``, a ``heldout`` split may be added, and ``generation`` holds the
+    end-of-run generation scores.
 
     Raises:
         FileExistsError, PermissionError: see ``prepare_output_dir``.
@@ -296,17 +316,7 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
     trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus, hardware=hardware)
     sizes = {name: len(split) for name, split in tokenized.items()}
-    processes = trainer.args.world_size
-    if cfg.effective_batch_size(processes) > sizes["train"]:
-        raise ValueError(f"the effective batch ({cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
-                         f"{processes} processes = {cfg.effective_batch_size(processes)}) is larger than the "
-                         f"{sizes['train']} training examples")  # fmt: skip
-    trainer.loraplus_hardware = {**dataclasses.asdict(hardware), "processes": processes,
-                                 "effective_batch_size": cfg.effective_batch_size(processes)}  # fmt: skip
-    logger.info("device %s, %s, attention %s%s, effective batch %d (%d x %d accumulation x %d processes)",
-                hardware.device, hardware.precision, hardware.attn_implementation,
-                f", base in {hardware.quantization}" if hardware.quantization else "",
-                cfg.effective_batch_size(processes), cfg.batch_size, cfg.gradient_accumulation_steps, processes)
+    trainer.loraplus_hardware = _hardware_summary(cfg, hardware, trainer.args.world_size, sizes["train"])
     labels = getattr(data, "label_names", None)
     logger.info("data %s: %s%s", data.source, sizes, f", {len(labels)} classes" if labels else "")
     monitor = None
