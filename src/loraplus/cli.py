@@ -182,8 +182,9 @@ COMMANDS = {
     "train": (
         _cmd_train,
         "fine-tune a model with PEFT LoRA and the LoRA+ optimizer",
-        "Fine-tune a sequence classifier (--task causal-lm: a causal LM answering with the label) with PEFT LoRA "
-        "and LoRA+ (lr_B = loraplus_lr_ratio · lr_A); "
+        "Fine-tune a sequence classifier (--task causal-lm: a causal LM answering with the label; --task sft: "
+        "instruction tuning of a causal LM on instruction or chat data) with PEFT LoRA and LoRA+ "
+        "(lr_B = loraplus_lr_ratio · lr_A); "
         "prints test metrics and writes the run folder.",
     ),
     "sweep": (

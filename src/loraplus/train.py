@@ -98,8 +98,8 @@ def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig, ar
         bf16=hardware.precision == "bf16",
         fp16=hardware.precision == "fp16",
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         max_grad_norm=cfg.max_grad_norm,
         use_liger_kernel=cfg.use_liger_kernel,
         dataloader_num_workers=0,

@@ -178,7 +178,7 @@ class SFTTask(BaseTask):
         stats = {}
         for name in list(splits):
             splits[name], stats[name] = length_stats(splits[name], tokenizer, cfg.max_length, name)
-        logger.info("chat template: %s; by length: %s", where, stats)
+        logger.info("format %s; chat template: %s; by length: %s", data.format, where, stats)
         args_extra = {
             "max_length": cfg.max_length, "packing": cfg.packing, "dataset_kwargs": {"skip_prepare_dataset": False},
             "completion_only_loss": not cfg.train_on_prompt,
@@ -186,7 +186,7 @@ class SFTTask(BaseTask):
         }  # fmt: skip
         parts = TrainerParts(None, None, trainer_class=LoraPlusSFTTrainer, args_class=SFTConfig,
                              args_extra=args_extra, trainer_kwargs={"processing_class": tokenizer},
-                             summary={"chat_template": where, "lengths": stats})  # fmt: skip
+                             summary={"format": data.format, "chat_template": where, "lengths": stats})  # fmt: skip
         return splits, parts
 
     def split_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
