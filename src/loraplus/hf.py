@@ -74,6 +74,17 @@ class LoraPlusTrainingArguments(TrainingArguments):
                       "loraplus_lr_embedding": config.loraplus_lr_embedding, "loraplus_lr_other": config.loraplus_lr_other})
 
 
+_MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForQuestionAnswering")
+
+
+def _mean_loss_head(model) -> bool:
+    """The model (under its PEFT wrapper) is a head whose loss is a plain batch mean that ignores
+    ``num_items_in_batch``, though its ``forward`` takes ``**kwargs``: the Trainer would then skip its
+    gradient-accumulation scaling, and log (and step with) a loss ``gradient_accumulation_steps`` times too large."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith(_MEAN_LOSS_HEADS)
+
+
 class LoraPlusMixin:
     """LoRA+ parameter groups for any ``transformers.Trainer`` subclass: put it first in the bases.
 
@@ -85,8 +96,12 @@ class LoraPlusMixin:
         trainer = LoraPlusSFTTrainer(model=..., args=SFTConfig(learning_rate=2e-4), peft_config=LoraConfig(...),
                                      train_dataset=..., loraplus_lr_ratio=16)
 
-    Only ``create_optimizer`` is overridden, so Accelerate, DeepSpeed and FSDP prepare the LoRA+ optimizer like
+    ``create_optimizer`` is overridden, so Accelerate, DeepSpeed and FSDP prepare the LoRA+ optimizer like
     any other, and every scheduler the Trainer builds scales all groups by the same factor (lr_B / lr_A stays λ).
+    Two Trainer faults are fixed on the way: ``evaluate`` leaves the training's random numbers alone (so how often a
+    run is evaluated does not change its training losses), and a classification head under PEFT (whose loss
+    ignores ``num_items_in_batch``) gets the Trainer's gradient-accumulation scaling (``model_accepts_loss_kwargs``
+    set to False; else the loss and gradients are ``gradient_accumulation_steps`` times too large).
     The LoRA+ options come from ``loraplus_config=LoraPlusConfig(...)``, or the keyword arguments
     ``loraplus_lr_ratio``, ``loraplus_lr_embedding`` and ``loraplus_lr_other``, else from the same-named fields of
     ``args`` (``LoraPlusTrainingArguments``), else the defaults (ratio 16; embedding pairs and other tensors at
@@ -120,6 +135,15 @@ class LoraPlusMixin:
             options = {name: value if value is not None else getattr(self.args, name, _DEFAULTS[name])
                        for name, value in given.items()}  # fmt: skip
             self.loraplus_config = LoraPlusConfig(**options, weight_decay=self.args.weight_decay)
+        if self.model_accepts_loss_kwargs and _mean_loss_head(self.model):
+            self.model_accepts_loss_kwargs = False
+
+    def evaluate(self, *args, **kwargs):
+        """``Trainer.evaluate``, drawing no random numbers from the training stream: the torch (CPU and CUDA),
+        ``random`` and numpy states are restored afterwards (creating the evaluation's DataLoader iterator draws a
+        seed), so the training losses do not depend on how often the run is evaluated."""
+        with preserved_rng(self.model):
+            return super().evaluate(*args, **kwargs)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

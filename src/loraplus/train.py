@@ -1,23 +1,27 @@
 """One fine-tuning run: ``TrainConfig`` -> data + PEFT LoRA model -> ``LoraPlusTrainer`` -> artifacts.
 
-The run folder holds ``adapter/`` (PEFT adapter: ``adapter_model.safetensors`` + ``adapter_config.json``,
-loadable with ``peft.PeftModel.from_pretrained``), ``metrics.json`` (written last: a run with it is finished),
-``config.json`` (resolved options, labels, versions, parameter groups), ``log_history.json`` and ``checkpoints/``.
+The run folder holds ``identity.json`` (options and data fingerprint, written when training starts: see
+``runfolder``), ``adapter/`` (PEFT adapter: ``adapter_model.safetensors`` + ``adapter_config.json``, loadable with
+``peft.PeftModel.from_pretrained``), ``metrics.json`` (written last: a run with it is finished), ``config.json``
+(resolved options, labels, versions, parameter groups), ``log_history.json`` and ``checkpoints/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import TrainerCallback
 
 from .config import AUTO, TrainConfig
+from .distributed import is_main_process
 from .groups import LoraPlusConfig
 from .hf import LoraPlusTrainer, LoraPlusTrainingArguments, add_feature_learning_callback
 from .io import atomic_dir, atomic_write_json, write_problem
@@ -25,22 +29,30 @@ from .models import attach_lora, model_max_length, resolve_model
 from .monitor import plot_monitor
 from .optim import describe_groups
 from .precision import RunHardware, resolve_hardware
+from .runfolder import (differences, finish_replace, folder_lock, holds_nothing, identity_of, read_identity,
+                        replace_previous, write_identity)
 from .safety import NonFiniteLossCallback, last_good_checkpoint
 from .tasks import get_task
 from .width_rule import width_rule_for
 
-__all__ = ["build_trainer", "prepare_output_dir", "resolve_ratio", "run_train", "split_metrics"]
+__all__ = ["build_trainer", "prepare_output_dir", "resolve_ratio", "run_folder", "run_train", "split_metrics", "start_run"]
 
 logger = logging.getLogger("loraplus")
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Check the run folder before any training: never replace a run silently, fail early if unwritable.
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                       identity: dict | None = None) -> Path:  # fmt: skip
+    """Check the run folder before any training: never replace a run silently, fail early if unwritable. Creates
+    the folder; deletes nothing (``--overwrite`` replaces the old run only when the new one starts).
+
+    ``identity`` (``runfolder.identity_of`` of the new run's options): with ``resume`` the unfinished run must
+    have been started with the same identity.
 
     Raises:
         FileExistsError: ``path`` holds a run (``metrics.json`` or checkpoints) and neither ``overwrite`` nor
             (for an unfinished run) ``resume`` is given.
         FileNotFoundError: ``resume`` with no checkpoint to resume from.
+        ValueError: ``resume`` of a run started with other options or data (names them).
         PermissionError: ``path`` cannot be created or written.
     """
     out = Path(path).expanduser()
@@ -53,21 +65,72 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: boo
         raise FileExistsError(f"output_dir {str(out)!r} holds a finished run (metrics.json): nothing to resume")
     if resume and not has_checkpoint:
         raise FileNotFoundError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}")
+    if resume and identity is not None:
+        recorded = read_identity(out)
+        changed = differences(recorded, identity) if recorded is not None else []
+        if changed:
+            raise ValueError(f"--resume: the run in {str(out)!r} was started with other options or data "
+                             f"({'; '.join(changed)}); resume with the same options, or start over with --overwrite")
     if (finished or started) and not (overwrite or resume):
         what = "a finished run (metrics.json)" if finished else "an unfinished run (checkpoints/adapter)"
         raise FileExistsError(
-            f"output_dir {str(out)!r} holds {what}; pass --overwrite to replace it, "
+            f"output_dir {str(out)!r} holds {what}{_compared(out, identity)}; pass --overwrite to replace it, "
             f"{'--resume to continue it, ' if not finished else ''}or choose another --output-dir"
         )
     problem = write_problem(out, create=True)
     if problem:
         raise PermissionError(f"output_dir {str(out)!r} is not writable ({problem}); choose another --output-dir")
-    if overwrite:  # what a new run would append to or mix with
-        (out / "metrics.json").unlink(missing_ok=True)
-        (out / "log.csv").unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     return out
+
+
+def _compared(out: Path, identity: dict | None) -> str:
+    """`` with the same options`` / `` with other options (seed: 0 -> 1)`` for a refusal's message."""
+    try:
+        recorded = read_identity(out) if identity is not None else None
+    except ValueError:  # a malformed record: the refusal stands, without the comparison
+        return ""
+    if recorded is None:
+        return ""
+    changed = differences(recorded, identity)
+    return f" with other options ({'; '.join(changed)})" if changed else " with the same options"
+
+
+@contextlib.contextmanager
+def run_folder(cfg: TrainConfig, identity: dict) -> Iterator[Path]:
+    """The checked and locked run folder of ``cfg`` for the ``with`` block (see ``prepare_output_dir``).
+
+    Under torchrun only the main process locks; the others only check. A folder this call created is removed again
+    when the block fails before the run wrote anything into it.
+
+    Raises:
+        runfolder.FolderLocked: another process is running in the folder (names its pid); and what
+            ``prepare_output_dir`` raises.
+    """
+    out = Path(cfg.output_dir).expanduser()
+    existed = out.exists()
+    main = is_main_process()
+    if not main:
+        yield prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume, identity=identity)
+        return
+    if write_problem(out, create=True) is not None:  # the refusal's message comes from prepare_output_dir
+        prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume, identity=identity)
+    with folder_lock(out, "output_dir"):
+        try:
+            yield prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume, identity=identity)
+        except BaseException:
+            if not existed and holds_nothing(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def start_run(out: Path, cfg: TrainConfig, identity: dict) -> None:
+    """Every check has passed and training begins: with ``overwrite`` the old run is moved into ``.previous``
+    (deleted when this run finishes); ``identity.json`` is written (main process only)."""
+    if not is_main_process():
+        return
+    if cfg.overwrite:
+        replace_previous(out)
+    write_identity(out, identity)
 
 
 def training_arguments(cfg: TrainConfig, out: Path, loraplus: LoraPlusConfig, args_class: type | None = None,
@@ -304,13 +367,21 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     end-of-run generation scores.
 
     Raises:
-        FileExistsError, PermissionError: see ``prepare_output_dir``.
+        FileExistsError, PermissionError: see ``prepare_output_dir``; ``runfolder.FolderLocked`` (a
+            ``FileExistsError``) when another process runs in ``cfg.output_dir``.
         ValueError: bad options, data or model (from the loaders), or a split smaller than one batch.
     """
     start = time.perf_counter()
     hardware = resolve_hardware(cfg)  # no GPU for --fp16 / --load-in-4bit: refused before anything is written
     loraplus = cfg.loraplus(resolve_ratio(cfg))  # auto reads the model's config: a bad model fails before the folder
-    out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite, resume=cfg.resume)
+    identity = identity_of(cfg.to_dict())
+    with run_folder(cfg, identity) as out:
+        metrics = _train_in(out, cfg, identity, hardware, loraplus, callbacks, start)
+    return metrics
+
+
+def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware, loraplus: LoraPlusConfig,
+              callbacks, start: float) -> dict:  # fmt: skip
     path = resolve_model(cfg.model)  # a bad model name fails before the data is read
     data = get_task(cfg.task).load_data(cfg)
     callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
@@ -322,6 +393,7 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
     monitor = None
     if cfg.monitor:
         monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
+    start_run(out, cfg, identity)  # every check passed: only now is an old run moved aside
     train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
     validation = trainer.evaluate()
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
@@ -346,6 +418,7 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
         if monitor is not None:
             _write_monitor(out, monitor.monitor)
         _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics, loraplus)
+        finish_replace(out)
     return metrics
 
 

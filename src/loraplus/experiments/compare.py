@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import AUTO, TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
-from .runner import RunSpec, run_all, run_config
+from .runner import RunSpec, experiment_folder, run_all, run_config
 
 __all__ = ["METHODS", "CompareConfig", "run_compare", "steps_to_target"]
 
@@ -104,7 +104,7 @@ def tune(cfg: CompareConfig, progress: bool) -> dict[str, float]:
     """Stage 1: ``{method: best lr}`` by final validation metric at ``tune_seed``."""
     lrs = [float(x) for x in cfg.lrs]
     specs = [_spec(cfg, m, lr, cfg.tune_seed) for m in cfg.methods for lr in lrs]
-    rows = run_all(specs, jobs=cfg.jobs, progress=progress)
+    rows = run_all(specs, jobs=cfg.jobs, progress=progress, overwrite=cfg.overwrite)
     best = {}
     for method in cfg.methods:
         scores = [_score(r, cfg.metric) for r in rows if r["method"] == method]
@@ -225,9 +225,14 @@ def _write_results(rows: list[dict], cfg: CompareConfig) -> None:
 
 def run_compare(cfg: CompareConfig, *, progress: bool = True) -> dict:
     """Tune each method's lr, run every seed, and write results/, summary.md, summary.json and the plots."""
+    with experiment_folder(cfg, cfg.metric):
+        return _run_compare(cfg, progress)
+
+
+def _run_compare(cfg: CompareConfig, progress: bool) -> dict:
     best_lr = tune(cfg, progress)
     specs = [_spec(cfg, m, best_lr[m], int(s)) for m in cfg.methods for s in cfg.seeds]
-    rows = run_all(specs, jobs=cfg.jobs, progress=progress)
+    rows = run_all(specs, jobs=cfg.jobs, progress=progress, overwrite=cfg.overwrite)
     summary = summarize(rows, cfg, best_lr)
     out = Path(cfg.output_dir)
     _write_results(rows, cfg)

@@ -7,14 +7,17 @@ written to ``<run>/run.yaml`` (which ``loraplus train --config`` also accepts) a
 then carries that message, not only an exit code. Processes of their own keep runs isolated (a crash or a
 memory leak ends one run) and let ``jobs`` of them run in parallel.
 
-Each run is a run folder; a run whose ``metrics.json`` exists is done and is never run again, so a killed
-sweep or comparison resumes where it stopped and no finished run is lost. Runs that were cut short are started
-over (``overwrite``). With ``jobs`` runs at once each gets ``cpu_count // jobs`` threads, so the machine's
+Each run is a run folder that records what it is (``runfolder``). A finished run (``metrics.json``) whose
+options and data are those of its spec is done and is never run again, so a killed sweep or comparison resumes
+where it stopped and no finished run is lost; a run folder holding another run (other options, steps, dataset or
+data file) is refused before anything runs, naming what differs, unless the experiment's ``overwrite`` is set
+(those runs are then run again). Runs that were cut short are started over. With ``jobs`` runs at once each gets ``cpu_count // jobs`` threads, so the machine's
 cores stay busy without oversubscription.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,9 +32,27 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..configfile import read_config_file
 from ..io import atomic_write_json, atomic_write_text
+from ..runfolder import differences, folder_lock, identity_of, read_identity
+from ..tasks import get_task
 from ..train import run_train
 
-__all__ = ["RunSpec", "read_run_config", "run_all", "run_config", "run_isolated", "write_run_config"]
+__all__ = ["RunSpec", "experiment_folder", "read_run_config", "run_all", "run_config", "run_isolated", "stale_runs",
+           "write_run_config"]
+
+
+@contextlib.contextmanager
+def experiment_folder(options, metric: str):
+    """The locked folder of a sweep or comparison (``options.output_dir``), after checking that every run will
+    report ``metric``.
+
+    Raises:
+        runfolder.FolderLocked: another process runs this experiment (names its pid).
+        ValueError: the task's runs cannot report ``metric`` (``Task.check_metric``).
+        PermissionError: the folder cannot be created or written.
+    """
+    with folder_lock(options.output_dir, "experiment folder") as out:
+        get_task(options.task).check_metric(run_config(options), metric)
+        yield out
 
 
 def run_config(options, **overrides) -> TrainConfig:
@@ -86,9 +107,26 @@ def run_isolated(cfg: TrainConfig, log: Path, *, threads: int, overwrite: bool =
     return f"exit {proc.returncode} without an error message"
 
 
-def _run_one(spec: RunSpec, threads: int) -> dict:
+def stale_runs(specs: list[RunSpec]) -> dict[str, list[str]]:
+    """``{run folder: what differs}`` for every spec whose folder holds a run of other options or data.
+
+    Raises:
+        ValueError: a run folder's record is malformed (names the file).
+    """
+    stale = {}
+    for spec in specs:
+        out = Path(spec.config.output_dir)
+        recorded = read_identity(out) if out.is_dir() else None
+        if recorded is not None:
+            changed = differences(recorded, identity_of(spec.config.to_dict()))
+            if changed:
+                stale[str(out)] = changed
+    return stale
+
+
+def _run_one(spec: RunSpec, threads: int, rerun: bool) -> dict:
     out = Path(spec.config.output_dir)
-    if not (out / "metrics.json").exists():
+    if rerun or not (out / "metrics.json").exists():
         start = time.perf_counter()
         # only unfinished runs reach here: start them over
         error = run_isolated(spec.config, out.parent / f"{out.name}.log", threads=threads, overwrite=True)
@@ -112,28 +150,39 @@ def _read_result(out: Path) -> dict:
     return row
 
 
-def run_all(specs: list[RunSpec], *, jobs: int = 2, progress: bool = True) -> list[dict]:
+def run_all(specs: list[RunSpec], *, jobs: int = 2, progress: bool = True, overwrite: bool = False) -> list[dict]:
     """Run every spec (``jobs`` at a time) and return one row per spec, in order.
+
+    A run folder holding a run of other options or data is refused (before any run starts), or with
+    ``overwrite`` run again; a finished run of the spec's own options is reused.
 
     A row holds the spec's labels, ``status`` ("done" or "failed ..."), and for done runs ``validation_*`` and
     ``test_*`` metrics, ``train_loss``, ``steps``, ``seconds`` and the evaluation ``curve``.
 
     Raises:
-        ValueError: ``jobs`` < 1, or two specs share a run folder.
+        ValueError: ``jobs`` < 1, two specs share a run folder, or a folder holds another run (without
+            ``overwrite``; the message names the folder and the differing options).
     """
     from tqdm.auto import tqdm
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    folders = [spec.config.output_dir for spec in specs]
+    folders = [str(Path(spec.config.output_dir)) for spec in specs]
     if len(set(folders)) != len(folders):
         raise ValueError("two runs share one output folder")
+    stale = stale_runs(specs)
+    if stale and not overwrite:
+        folder, changed = next(iter(stale.items()))
+        raise ValueError(f"{len(stale)} run folder(s) hold runs of other options or data, e.g. {folder!r} "
+                         f"({'; '.join(changed)}); pass --overwrite to run them again, or choose another "
+                         "--output-dir")  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    done = sum((Path(f) / "metrics.json").exists() for f in folders)
+    done = sum((Path(f) / "metrics.json").exists() and f not in stale for f in folders)
     bar = tqdm(total=len(specs), initial=0, desc=f"runs ({done} already done)", disable=not progress)
     rows: list[dict] = [{}] * len(specs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_run_one, spec, threads): i for i, spec in enumerate(specs)}
+        futures = {pool.submit(_run_one, spec, threads, str(Path(spec.config.output_dir)) in stale): i
+                   for i, spec in enumerate(specs)}  # fmt: skip
         for future in futures:
             rows[futures[future]] = future.result()
             bar.update(1)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
-from .runner import RunSpec, run_all, run_config
+from .runner import RunSpec, experiment_folder, run_all, run_config
 
 __all__ = ["SweepConfig", "plot_heatmap", "run_sweep", "summarize_grid"]
 
@@ -165,12 +165,17 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> dict:
 
     Returns the summary (see ``summarize_grid``) with ``"rows"``, one per cell and seed.
     """
+    with experiment_folder(cfg, cfg.metric):
+        return _run_sweep(cfg, progress)
+
+
+def _run_sweep(cfg: SweepConfig, progress: bool) -> dict:
     lr_a, lr_b = cfg.grid()
     specs = [
         RunSpec(cfg.cell_config(a, b, int(seed)), {"lr_A": float(a), "lr_B": float(b), "ratio": float(b / a), "seed": int(seed)})
         for seed in cfg.seeds for b in lr_b for a in lr_a
     ]  # fmt: skip
-    rows = run_all(specs, jobs=cfg.jobs, progress=progress)
+    rows = run_all(specs, jobs=cfg.jobs, progress=progress, overwrite=cfg.overwrite)
     summary = summarize_grid(rows, lr_a, lr_b, cfg.metric)
     out = Path(cfg.output_dir)
     atomic_write_text(out / "results.csv", _rows_csv(rows))

@@ -28,8 +28,7 @@ class TrainerParts:
         compute_metrics: ``EvalPrediction -> {metric: float}`` (the Trainer adds ``loss``).
         preprocess_logits_for_metrics: reduces ``(logits, labels)`` per batch before they are gathered, or None.
         model_accepts_loss_kwargs: False for a loss that is a per-batch mean ignoring ``num_items_in_batch``
-            (a sequence classifier: left True, transformers 5 scales the loss by the number of processes under
-            DDP); None keeps the Trainer's own detection.
+            (``LoraPlusMixin`` already sets it for classification heads); None keeps the Trainer's detection.
         trainer_class: a ``LoraPlusMixin`` Trainer class; None = ``loraplus.hf.LoraPlusTrainer``.
         args_class: its arguments class (e.g. TRL's ``SFTConfig``); None = ``LoraPlusTrainingArguments``.
         args_extra: options of ``args_class`` beyond the run's common ones (``max_length``, ``packing``, ...).
@@ -92,6 +91,9 @@ class Task(Protocol):
         """Metrics computed once after training (e.g. generations), merged into ``metrics.json``; may write
         files into the run folder ``out`` (None: write nothing)."""
 
+    def check_metric(self, cfg, metric: str) -> None:
+        """Raise ValueError when the runs of ``cfg`` cannot report ``metric`` (an experiment checks first)."""
+
 
 LABEL_TASK_DEFAULTS = {"dataset": "bbc-news", "learning_rate": 1e-3, "batch_size": 16, "eval_batch_size": 64,
                        "max_length": 128, "max_steps": -1}
@@ -107,6 +109,16 @@ class BaseTask:
 
     def final_metrics(self, trainer, tokenizer, tokenized, cfg, out: Path | None) -> dict:
         return {}
+
+    def check_metric(self, cfg, metric: str) -> None:
+        """Refuse an experiment ``metric`` this task's runs cannot report, before any run starts.
+
+        Raises:
+            ValueError: ``metric`` is not in ``self.metrics`` (or, for a task that says so, not for this data).
+        """
+        if metric not in self.metrics:
+            raise ValueError(f"metric {metric!r} is not reported by --task {self.name} (its runs report "
+                             f"{', '.join(self.metrics)}); choose one of those")  # fmt: skip
 
 
 def limit_samples(splits, cfg):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import map_cached
-from ..models import gguf_model_folder
+from ..models import gguf_model_folder, resolve_model
 from .base import BaseTask, TrainerParts, limit_samples
 from .classification import load_labelled_data
 
@@ -248,6 +248,20 @@ class CausalLMTask(BaseTask):
 
     def load_model(self, path: str, labels: list[str] | None, *, trust_remote_code: bool = False, hardware=None):
         return load_causal_lm(path, trust_remote_code=trust_remote_code, hardware=hardware)
+
+    def check_metric(self, cfg, metric: str) -> None:
+        """As ``BaseTask.check_metric``; ``accuracy``/``macro_f1`` also need labels whose first answer tokens
+        differ under the model's tokenizer (reads the data and the tokenizer, not the weights)."""
+        super().check_metric(cfg, metric)
+        if metric not in ("accuracy", "macro_f1"):
+            return
+        from transformers import AutoTokenizer
+
+        names = self.load_data(cfg).label_names
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code)
+        if answer_format(tokenizer, names).choice_ids is None:
+            raise ValueError(f"metric {metric!r} cannot be measured: the labels {names} share a first answer token "
+                             f"under {cfg.model!r}'s tokenizer; choose --metric loss (or perplexity)")  # fmt: skip
 
     def encode(self, data, tokenizer, cfg):
         """Build the answer format, tokenize every split; raises ValueError when ``max_length`` is too short."""

@@ -62,7 +62,7 @@ class ClassificationTask(BaseTask):
             limit_samples(data.splits, cfg), encode, tokenizer=tokenizer, key=f"classification max_length={max_length}",
             desc="tokenizing", remove_columns=["text"],
         )  # fmt: skip
-        parts = TrainerParts(DataCollatorWithPadding(tokenizer), compute_metrics, model_accepts_loss_kwargs=False)
+        parts = TrainerParts(DataCollatorWithPadding(tokenizer), compute_metrics)
         return tokenized, parts
 
     def auto_model_class(self) -> type:
