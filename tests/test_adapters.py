@@ -2,6 +2,7 @@
 what the adapter model computes (within 1e-5, float32), for both tasks and for DoRA."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,31 @@ def test_evaluate_reproduces_the_runs_test_metrics(which, request):
     assert validation["metrics"]["accuracy"] == pytest.approx(recorded["validation"]["accuracy"])
 
 
+def test_evaluate_other_data_is_scored_whole_at_any_size_and_any_subset_of_classes(bert_run, tmp_path):
+    tiny = tmp_path / "two-rows.csv"
+    tiny.write_text("text,label\nstocks fell sharply today,money\nshares rose on profits,money\n")
+    result = EvaluateCommand(adapter=str(bert_run), dataset=str(tiny)).run()
+    assert result["split"] == "all" and result["num_examples"] == 2 and result["classes_present"] == ["money"]
+
+
+def test_evaluate_with_the_runs_own_file_spelt_another_way_scores_the_runs_split(bert_run, monkeypatch):
+    config = json.loads((bert_run / "config.json").read_text())["config"]
+    data = Path(config["dataset"])
+    monkeypatch.chdir(data.parent)
+    result = EvaluateCommand(adapter=str(bert_run), dataset=f"./{data.name}").run()
+    assert result["split"] == "test" and result["matches_run"] is not None and result["matches_run"] < 1e-5
+
+
+def test_evaluate_refuses_a_run_whose_data_file_changed(tiny_bert_dir, tmp_path):
+    data = _csv_of_rows(tmp_path)
+    run = tmp_path / "run"
+    run_train(tiny_config(tiny_bert_dir, data, run, max_steps=2, eval_steps=2))
+    data.write_text(data.read_text() + "one more row of text,money\n")
+    with pytest.raises(ValueError, match=r"the run's data has changed since training \(dataset file '.*data\.csv' "
+                                         r"changed since that run"):  # fmt: skip
+        EvaluateCommand(adapter=str(run)).run()
+
+
 def test_evaluate_cli_on_other_data_and_its_errors(bert_run, tmp_path, capsys):
     out_json = tmp_path / "m.json"
     assert main(["evaluate", "--adapter", str(bert_run), "--output", str(out_json)]) == 0
@@ -68,7 +94,8 @@ def test_evaluate_cli_on_other_data_and_its_errors(bert_run, tmp_path, capsys):
 
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("text,label\n" + "".join(f"word {i}{c},{c}\n" for i in range(12) for c in ("a", "b", "c")))  # distinct texts
-    with pytest.raises(ValueError, match=r"labels \['a', 'b', 'c'\], the adapter was trained on \['money', 'sport', 'tech'\]"):
+    with pytest.raises(ValueError, match=r"has labels \['a', 'b', 'c'\] that the trained head does not know \(its "
+                                         r"classes: \['money', 'sport', 'tech'\]\)"):  # fmt: skip
         EvaluateCommand(adapter=str(bert_run), dataset=str(wrong)).run()
     with pytest.raises(ValueError, match="split must be one of test, validation, got 'train'"):
         EvaluateCommand(adapter=str(bert_run), split="train")

@@ -397,3 +397,31 @@ def test_tokenized_splits_are_cached_on_disk(tiny_bert_dir, tmp_path, monkeypatc
 
     monkeypatch.setenv("LORAPLUS_CACHE", "/proc/no-such-cache")  # unwritable: no cache, still works
     assert run(splits)["train"]["input_ids"] == first["train"]["input_ids"] and calls[-1] == 15
+
+
+# --------------------------------------------------------------------------- labels normalised once
+
+
+def test_labels_with_trailing_spaces_are_one_class(tmp_path):
+    rows = [(f"text number {i}", ["cat", "cat ", " dog", "dog", "bird", "bird\t"][i % 6]) for i in range(60)]
+    path = tmp_path / "spaces.csv"
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    loaded = load_classification_data(str(path))
+    assert loaded.label_names == ["bird", "cat", "dog"]
+
+
+def test_a_blank_cell_in_an_integer_label_column_never_makes_float_names(tmp_path):
+    lines = [f"text number {i},{i % 3}" for i in range(60)] + ["a row with no label,"]
+    path = tmp_path / "blank.csv"
+    path.write_text("text,label\n" + "\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="dropped 1 rows with empty text or missing label"):
+        loaded = load_classification_data(str(path))
+    assert loaded.label_names == ["0", "1", "2"] and loaded.num_missing_removed == 1
+
+
+def test_a_list_valued_label_is_refused_with_its_row(tmp_path):
+    path = tmp_path / "lists.jsonl"
+    rows = [{"text": f"text {i}", "label": ["a", "b"][: 1 + i % 2]} for i in range(20)]  # multi-label style
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"row 1 of the 'train' split of .*lists\.jsonl has a label of type list \(\['a'\]\)"):
+        load_classification_data(str(path))

@@ -173,3 +173,41 @@ def test_the_run_records_its_device_precision_and_effective_batch(tiny_llama_dir
     assert json.loads((out / "config.json").read_text())["hardware"] == {
         "device": "cpu", "precision": "fp32", "quantization": None, "attn_implementation": "sdpa", "processes": 1,
         "effective_batch_size": 8}  # fmt: skip
+
+
+def test_public_trainer_scales_a_classifier_loss_for_accumulation(tiny_bert_dir, tiny_csv, tmp_path):
+    """``LoraPlusTrainer`` with a PEFT sequence classifier (whose loss ignores ``num_items_in_batch``): 4
+    accumulated micro-batches of 2 log the loss of one batch of 8, not 4 times it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from loraplus import LoraPlusTrainer, LoraPlusTrainingArguments
+    from loraplus.data import load_classification_data
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    train = load_classification_data(str(tiny_csv)).splits["train"].select(range(16))
+    train = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=16), batched=True, remove_columns=["text"])
+
+    def first_loss(batch: int, accumulation: int) -> float:
+        torch.manual_seed(0)
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3, hidden_dropout_prob=0.0,
+                                                                  attention_probs_dropout_prob=0.0)  # fmt: skip
+        model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"], lora_dropout=0.0))
+        args = LoraPlusTrainingArguments(output_dir=str(tmp_path / f"b{batch}"), use_cpu=True, report_to="none",
+                                         per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                                         max_steps=1, logging_steps=1, save_strategy="no", disable_tqdm=True,
+                                         data_seed=0, seed=0)  # fmt: skip
+        trainer = LoraPlusTrainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
+        trainer.train()
+        return next(row["loss"] for row in trainer.state.log_history if "loss" in row)
+
+    one, accumulated = first_loss(8, 1), first_loss(2, 4)
+    assert accumulated == pytest.approx(one, rel=1e-4)
+
+
+def test_schedulers_that_need_options_the_cli_lacks_are_refused_up_front():
+    with pytest.raises(ValueError, match=r"lr_scheduler_type 'warmup_stable_decay' needs lr_scheduler_kwargs "
+                                         r"\(num_decay_steps\), which loraplus does not take; choose one of linear"):  # fmt: skip
+        TrainConfig(lr_scheduler_type="warmup_stable_decay")
+    with pytest.raises(ValueError, match=r"'cosine_with_min_lr' needs lr_scheduler_kwargs \(min_lr or min_lr_rate\)"):
+        TrainConfig(lr_scheduler_type="cosine_with_min_lr")

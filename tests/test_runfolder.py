@@ -184,3 +184,38 @@ def test_differences_ignore_logging_options_and_options_an_old_run_lacks():
     new = identity_of({"seed": 0, "max_steps": 4.0, "logging_steps": 50, "lrs": (1.0, 2.0), "packing": False})
     assert differences(old, new) == []
     assert differences(old, identity_of({"seed": 1})) == ["seed: 0 -> 1"]
+
+
+def test_max_length_below_the_special_tokens_plus_one_is_refused(tiny_bert_dir, tiny_csv, tmp_path, capsys):
+    argv = base_argv(tiny_bert_dir, tiny_csv, tmp_path / "short")
+    argv[argv.index("--max-length") + 1] = "1"
+    line = cli_error(capsys, argv)
+    assert "max_length=1 leaves no room for text: the tokenizer adds 2 special token(s)" in line
+    assert "give --max-length 3 or more" in line and not (tmp_path / "short").exists()
+
+
+def test_a_hub_id_without_a_network_fails_in_seconds_with_one_line(tiny_csv, tmp_path, capsys, monkeypatch):
+    """The test machine has no network: the hub id is neither cached nor reachable. (With a network the Hub
+    answers that the repo does not exist, also one line.)"""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    out = tmp_path / "hub"
+    start = time.monotonic()
+    line = cli_error(capsys, base_argv("someorg/no-such-model", tiny_csv, out))
+    assert time.monotonic() - start < 10
+    assert "'someorg/no-such-model'" in line and not out.exists()
+
+
+def test_every_written_file_gets_the_umask_mode_safetensors_included(tiny_bert_dir, tiny_csv, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "modes"
+    old = os.umask(0o022)
+    try:
+        run_train(tiny_config(tiny_bert_dir, tiny_csv, out, max_steps=2, eval_steps=1))
+    finally:
+        os.umask(old)
+    tensors = list(out.rglob("*.safetensors"))
+    assert {p.parent.name for p in tensors} >= {"adapter", "checkpoint-2"}
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    assert {k: v for k, v in modes.items() if v != 0o644} == {}

@@ -17,6 +17,8 @@ from .config import TrainConfig, _opt, coerce_fields
 from .evaluate_mmlu import evaluate_mmlu, mmlu_text
 from .io import atomic_dir, atomic_write_json, write_problem
 from .models import load_adapter
+from .data import load_for_evaluation
+from .runfolder import differences, identity_of, read_identity
 from .runs import RunFolder, adapter_tokenizer, find_run
 from .tasks import TASKS, get_task, task_for_peft_type
 from .train import build_trainer, metrics_text, split_metrics
@@ -100,21 +102,24 @@ def _check_output(cmd: EvaluateCommand) -> None:
 
 
 def evaluate_adapter(cmd: EvaluateCommand) -> dict:
-    """Metrics of a saved adapter on the run's data split, or on every row of another dataset with the same labels.
+    """Metrics of a saved adapter on the run's data split, or on every row of another dataset.
 
     The split is rebuilt from the run's dataset, fractions and seed, so ``split="test"`` reproduces the test
-    metrics that ``loraplus train`` wrote to ``metrics.json`` (same numbers; tested). Other data (``dataset``,
-    ``text_column`` or ``label_column`` differing from the run's) is scored whole after deduplication
-    (``split`` is then ``"all"``), cut to ``max_eval_samples`` if given.
+    metrics that ``loraplus train`` wrote to ``metrics.json`` (same numbers; tested); a run whose data file changed
+    since training is refused. ``dataset`` naming the run's own file (however the path is spelt) is the run's data.
+    Other data (``dataset``, ``text_column`` or ``label_column`` differing from the run's) is scored whole after
+    deduplication (``split`` is then ``"all"``), any number of rows, its labels any subset of the run's classes
+    (``classes_present`` lists them), cut to ``max_eval_samples`` if given.
 
     Returns:
         ``{"split", "metrics": {accuracy, macro_f1, loss, ...}, "num_examples", "adapter", "matches_run"}``;
         ``matches_run`` is the largest |difference| from the run's ``metrics.json`` for the same split and data,
-        or ``None`` when there is nothing to compare with.
+        or ``None`` when there is nothing to compare with; ``classes_present`` (label tasks): the classes in
+        the examples scored.
 
     Raises:
-        FileNotFoundError, ValueError: see ``find_run``; a folder without the run's ``config.json``; a dataset
-            whose label names differ from the run's (the head's outputs would mean other classes).
+        FileNotFoundError, ValueError: see ``find_run``; a folder without the run's ``config.json``; other data
+            with labels the run's head does not know; the run's data file changed since training.
         PermissionError: ``output``'s folder is missing or not writable; FileExistsError: ``output`` exists and
             ``overwrite`` is off; IsADirectoryError: ``output`` is a folder (all checked first).
     """
@@ -129,12 +134,18 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
         )
     changes = {k: getattr(cmd, k) for k in ("dataset", "text_column", "label_column", "max_eval_samples",
                                             "eval_batch_size") if getattr(cmd, k) is not None}  # fmt: skip
-    other = any(changes.get(k, getattr(run.config, k)) != getattr(run.config, k)
-                for k in ("dataset", "text_column", "label_column"))  # fmt: skip
+    other = not _same_source(changes.get("dataset", run.config.dataset), run.config.dataset) or any(
+        changes.get(k, getattr(run.config, k)) != getattr(run.config, k) for k in ("text_column", "label_column"))
+    if not other:
+        changes.pop("dataset", None)  # the run's own file, however it was spelt
+        _check_unchanged(run)
     # batch_size only gates "at least one training batch"; other data is scored whole (limits after concatenation)
     limits = {"max_train_samples": None, "max_eval_samples": None} if other else {}
     cfg = TrainConfig(**{**run.config.to_dict(), **changes, "batch_size": 1, **limits})
-    data = get_task(cfg.task).load_data(cfg)
+    if other and run.labels is not None:  # every row, any subset of the head's classes
+        data = load_for_evaluation(cfg.dataset, run.labels, text_column=cfg.text_column, label_column=cfg.label_column)
+    else:
+        data = get_task(cfg.task).load_data(cfg)
     if run.labels is not None and list(data.label_names) != run.labels:
         raise ValueError(f"dataset {cfg.dataset!r} has labels {data.label_names}, the adapter was trained on {run.labels}")
     split = "all" if other else cmd.split
@@ -143,12 +154,17 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
                                               loraplus=cfg.loraplus(1.0))  # fmt: skip  # no optimizer is built
         examples = tokenized[cmd.split]
         if other:
-            examples = datasets.concatenate_datasets([tokenized[name] for name in ("train", "validation", "test")])
+            whole = run.labels is not None  # load_for_evaluation put every row in test
+            examples = tokenized["test"] if whole else datasets.concatenate_datasets(
+                [tokenized[name] for name in ("train", "validation", "test")])
             examples = examples.select(range(min(cmd.max_eval_samples or len(examples), len(examples))))
         raw = trainer.evaluate(examples, metric_key_prefix=split)
     metrics = split_metrics(raw, split)
     result = {"adapter": str(run.adapter), "split": split, "dataset": cfg.dataset,
               "num_examples": len(examples), "metrics": metrics, "matches_run": None}  # fmt: skip
+    if run.labels is not None:  # a file's subset of the head's classes: macro-F1 averages over these
+        ids = data.splits["test" if other else cmd.split]["label"][: len(examples)]
+        result["classes_present"] = [run.labels[i] for i in sorted(set(ids))]
     same_data = not other and "max_eval_samples" not in changes
     recorded = (run.metrics or {}).get(cmd.split)
     if same_data and recorded:
@@ -157,6 +173,25 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     if cmd.output:
         atomic_write_json(Path(cmd.output).expanduser(), result)
     return result
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Two dataset options name the same data: equal, or paths to the same file or folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _check_unchanged(run) -> None:
+    """Refuse to score a run's own split when its data file changed since training (the split would differ)."""
+    recorded = read_identity(run.adapter.parent) if run.config is not None else None
+    if recorded is None:
+        return
+    changed = differences({"files": recorded["files"]}, {"files": identity_of(run.config.to_dict())["files"]})
+    if changed:
+        raise ValueError(f"the run's data has changed since training ({'; '.join(changed)}): its "
+                         "validation/test split cannot be rebuilt; pass --dataset to score a file whole")
 
 
 def evaluate_text(result: dict) -> str:

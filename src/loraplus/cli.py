@@ -22,8 +22,9 @@ from .distributed import is_main_process
 
 __all__ = ["main"]
 
-# ModuleNotFoundError: a built-in's PyPI package is missing (the message names the pip command).
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, ModuleNotFoundError)
+# ModuleNotFoundError: a built-in's PyPI package is missing (the message names the pip command). OSError: the
+# environment (no network for a hub id, a full or read-only disk, a missing or unreadable file).
+_USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
 
 
 def _base_type(annotation):

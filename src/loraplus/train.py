@@ -24,7 +24,7 @@ from .config import AUTO, TrainConfig
 from .distributed import is_main_process
 from .groups import LoraPlusConfig
 from .hf import LoraPlusTrainer, LoraPlusTrainingArguments, add_feature_learning_callback
-from .io import atomic_dir, atomic_write_json, write_problem
+from .io import atomic_dir, atomic_write_json, umask_modes, write_problem
 from .models import attach_lora, model_max_length, resolve_model
 from .monitor import plot_monitor
 from .optim import describe_groups
@@ -198,6 +198,15 @@ class CsvLogCallback(TrainerCallback):
                     writer.writerow([state.global_step, state.epoch, name, value])
 
 
+class FileModeCallback(TrainerCallback):
+    """Each checkpoint's ``*.safetensors`` get the umask's mode, like every other file of the run (safetensors
+    writes 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            umask_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
 def reporting_callbacks(cfg: TrainConfig, out: Path) -> list:
     """Callbacks for ``report_to`` entries that write into the run folder: csv (``log.csv``), tensorboard
     (transformers' ``TensorBoardCallback``, event files in ``tensorboard/``); other integrations go through
@@ -224,7 +233,8 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
     (default ``cfg.loraplus()``).
 
     Raises:
-        ValueError: ``max_length`` above the model's limit, or what the task's ``encode`` raises.
+        ValueError: ``max_length`` above the model's limit or below its special tokens plus one text token, or
+            what the task's ``encode`` raises.
     """
     import transformers
 
@@ -238,6 +248,10 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
     limit = model_max_length(tokenizer, model)
     if cfg.max_length > limit:
         raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    if cfg.max_length < specials + 1:  # the tokenizer would then not truncate at all
+        raise ValueError(f"max_length={cfg.max_length} leaves no room for text: the tokenizer adds {specials} special "
+                         f"token(s) to every input; give --max-length {specials + 1} or more")  # fmt: skip
     model = attach_lora(model, cfg.lora(), task.peft_task_type, adapter)
     tokenized, parts = task.encode(data, tokenizer, cfg)
     trainer = (parts.trainer_class or LoraPlusTrainer)(
@@ -384,7 +398,7 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
               callbacks, start: float) -> dict:  # fmt: skip
     path = resolve_model(cfg.model)  # a bad model name fails before the data is read
     data = get_task(cfg.task).load_data(cfg)
-    callbacks = [NonFiniteLossCallback(), *reporting_callbacks(cfg, out), *callbacks]
+    callbacks = [NonFiniteLossCallback(), FileModeCallback(), *reporting_callbacks(cfg, out), *callbacks]
     trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus, hardware=hardware)
     sizes = {name: len(split) for name, split in tokenized.items()}
     trainer.loraplus_hardware = _hardware_summary(cfg, hardware, trainer.args.world_size, sizes["train"])
@@ -444,6 +458,7 @@ def _write_artifacts(out: Path, cfg: TrainConfig, trainer, tokenizer, data, size
         "model_path": str(trainer.model.peft_config["default"].base_model_name_or_path),
         "labels": getattr(data, "label_names", None),
         "data": {"source": data.source, "sizes": sizes, "duplicates_removed": data.num_duplicates_removed,
+                 **({"missing_removed": data.num_missing_removed} if hasattr(data, "num_missing_removed") else {}),
                  **trainer.loraplus_task_summary},
         "parameter_groups": describe_groups(trainer.optimizer).splitlines(),
         "versions": _versions(),
