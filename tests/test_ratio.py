@@ -82,3 +82,10 @@ def test_auto_ratio_config_does_no_io(monkeypatch):
     with pytest.raises(AssertionError, match="the config read a model"):
         resolve_ratio(cfg)  # the run start is where it reads
     assert resolve_ratio(TrainConfig(loraplus_lr_ratio="4")) == 4.0
+
+
+def test_probe_steps_zero_names_steps_not_a_derived_option():
+    from loraplus.ratio import RatioCommand
+
+    with pytest.raises(ValueError, match=r"^steps must be a positive integer, got 0$"):
+        RatioCommand(probe=True, steps=0)

@@ -219,3 +219,19 @@ def test_every_written_file_gets_the_umask_mode_safetensors_included(tiny_bert_d
     assert {p.parent.name for p in tensors} >= {"adapter", "checkpoint-2"}
     modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert {k: v for k, v in modes.items() if v != 0o644} == {}
+
+
+def test_evaluation_curve_keeps_each_point_once_and_drops_rows_without_metrics():
+    from loraplus.experiments.runner import evaluation_curve
+
+    history = [{"loss": 1.0, "step": 2}, {"eval_loss": 0.5, "step": 2}, {"eval_loss": 0.5, "step": 2},
+               {"test_loss": 0.4, "step": 2}, {"train_runtime": 1.0, "step": 2}]  # fmt: skip
+    assert evaluation_curve(history) == [{"step": 2, "loss": 1.0}, {"step": 2, "eval_loss": 0.5}]
+
+
+def test_the_final_validation_reuses_an_evaluation_at_the_last_step(tiny_bert_dir, tiny_csv, tmp_path):
+    out = tmp_path / "run"
+    metrics = run_train(tiny_config(tiny_bert_dir, tiny_csv, out, max_steps=4, eval_steps=2))
+    evals = [r for r in json.loads((out / "log_history.json").read_text()) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]  # not evaluated a second time at step 4
+    assert metrics["validation"]["loss"] == pytest.approx(evals[-1]["eval_loss"])

@@ -99,6 +99,8 @@ class RatioCommand:
             raise ValueError(f"candidates must be numbers, got {self.candidates!r}") from None
         if len(values) < 2 or values[0] <= 0 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"candidates must be at least two finite numbers > 0, got {self.candidates!r}")
+        if isinstance(self.steps, bool) or self.steps < 1:  # before train_config names its derived options
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         self.train_config()  # validates the rest
 
     def train_config(self) -> TrainConfig:

@@ -409,7 +409,7 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
         monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
     start_run(out, cfg, identity)  # every check passed: only now is an old run moved aside
     train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
-    validation = trainer.evaluate()
+    validation = _last_evaluation(trainer) or trainer.evaluate()
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
     task = get_task(cfg.task)
     extra = {name: trainer.evaluate(tokenized[name], metric_key_prefix=name)
@@ -434,6 +434,16 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
         _write_artifacts(out, cfg, trainer, tokenizer, data, sizes, metrics, loraplus)
         finish_replace(out)
     return metrics
+
+
+def _last_evaluation(trainer) -> dict | None:
+    """The validation metrics logged at the last step, when training ended with an evaluation (the final
+    ``evaluate()`` would compute them again); ``None`` otherwise."""
+    history = trainer.state.log_history
+    rows = [r for r in history if "eval_loss" in r]
+    if rows and rows[-1].get("step") == trainer.state.global_step:
+        return rows[-1]
+    return None
 
 
 def _write_monitor(out: Path, monitor) -> None:

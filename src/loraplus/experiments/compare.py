@@ -170,7 +170,7 @@ def summary_markdown(summary: dict, cfg: CompareConfig) -> str:
     """The summary table in markdown."""
     metric, fmt = summary["metric"], (lambda x, d=4: "—" if x is None else f"{x:.{d}f}")
     lines = [
-        f"| method | lr (A) | lr of the head | test {metric} (mean ± std, {len(cfg.seeds)} seeds) | "
+        f"| method | lr (A) | lr of the head | test {metric} (mean ± std, {len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''}) | "
         f"steps to {cfg.target_fraction:g}× LoRA (median; seeds that reached it) | speed-up vs LoRA |",
         "|---|---|---|---|---|---|",
     ]
@@ -203,7 +203,8 @@ def plot_curves(rows: list[dict], key: str, path: Path, ylabel: str) -> None:
         ax.fill_between(steps, np.nanmin(values, 0), np.nanmax(values, 0), alpha=0.15)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    if ax.lines:  # no finished run: an empty plot, without matplotlib's "no artists" warning
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

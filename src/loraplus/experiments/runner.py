@@ -143,11 +143,25 @@ def _read_result(out: Path) -> dict:
     row["train_loss"] = metrics["train"]["loss"]
     row["steps"] = metrics["train"]["steps"]
     row["seconds"] = metrics["wall_time_s"]
-    row["curve"] = [
-        {k: r[k] for k in ("step", "eval_accuracy", "eval_loss", "eval_macro_f1", "eval_perplexity", "loss") if k in r}
-        for r in history
-    ]
+    row["curve"] = evaluation_curve(history)
     return row
+
+
+CURVE_KEYS = ("eval_accuracy", "eval_loss", "eval_macro_f1", "eval_perplexity", "loss")
+
+
+def evaluation_curve(history: list[dict]) -> list[dict]:
+    """The training loss and validation metrics of a run's ``log_history``, one entry per logged point: rows with
+    none of ``CURVE_KEYS`` (test evaluations, the run summary) are left out, and a repeated point (the same step
+    and metrics, e.g. an older run's final evaluation) is kept once."""
+    curve, seen = [], set()
+    for record in history:
+        point = {k: record[k] for k in ("step", *CURVE_KEYS) if k in record}
+        key = (point.get("step"), tuple(sorted(point)))
+        if len(point) > 1 and key not in seen:
+            seen.add(key)
+            curve.append(point)
+    return curve
 
 
 def run_all(specs: list[RunSpec], *, jobs: int = 2, progress: bool = True, overwrite: bool = False) -> list[dict]:
