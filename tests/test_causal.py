@@ -168,6 +168,17 @@ def test_killed_conversion_leaves_no_folder(fake_conversion, monkeypatch, tmp_pa
     assert list((tmp_path / "c").iterdir()) == []
 
 
+def test_unwritable_cache_is_refused_before_converting(fake_conversion, monkeypatch, tmp_path):
+    from loraplus.models import resolve_model
+
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("LORAPLUS_CACHE", str(tmp_path / "a-file" / "cache"))  # under a file: unwritable, even for root
+    with pytest.raises(PermissionError, match=r"the converted model of 'smollm2-135m' cannot be written into the "
+                                              r"cache .*; set LORAPLUS_CACHE to a writable folder"):  # fmt: skip
+        resolve_model("smollm2-135m")
+    assert fake_conversion == []
+
+
 # ---------------------------------------------------------------- tiny Llama end to end
 
 

@@ -118,6 +118,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 1 if any(s["failed"] for s in summary["methods"].values()) else 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .experiments.tune import TuneConfig, run_tune, tune_text
+
+    cfg = dataclass_from_args(TuneConfig, args)
+    print(tune_text(run_tune(cfg)))
+    print(f"-> {cfg.output_dir}/trials.csv, best.yaml (loraplus train --config {cfg.output_dir}/best.yaml), history.png, "
+          "params.png")
+    return 0
+
+
 def _cmd_toy(args: argparse.Namespace) -> int:
     from .experiments.toy import ToyCommand, toy_summary_text
 
@@ -169,12 +179,12 @@ def _config_classes() -> dict:
     from .config import TrainConfig
     from .experiments.compare import CompareConfig
     from .experiments.sweep import SweepConfig
-
     from .experiments.toy import ToyCommand
+    from .experiments.tune import TuneConfig
     from .generate import GenerateCommand
     from .ratio import RatioCommand
 
-    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "toy": ToyCommand,
+    return {"train": TrainConfig, "sweep": SweepConfig, "compare": CompareConfig, "tune": TuneConfig, "toy": ToyCommand,
             "ratio": RatioCommand, "evaluate": EvaluateCommand, "merge": MergeCommand,
             "generate": GenerateCommand}  # fmt: skip
 
@@ -199,6 +209,14 @@ COMMANDS = {
         "LoRA vs LoRA+ vs rsLoRA, DoRA, LoRA-FA, Riemannian LoRA, each with a tuned lr, over seeds",
         "Tune each method's lr on a shared grid (validation metric), run every seed at that lr, and write a "
         "summary table (mean ± std, steps-to-target, speed-up over LoRA), per-run result JSONs and curves.",
+    ),
+    "tune": (
+        _cmd_tune,
+        "tune lr_A (and λ) with Optuna: the paper's procedure, cheaper than a grid, resumable, shareable",
+        "Run Optuna trials of --budget steps over lr_A (log-uniform, --lr-a-min..--lr-a-max) and λ (--ratio-min.."
+        "--ratio-max, or fixed by --loraplus-lr-ratio), pruning unpromising ones at each evaluation; then run the "
+        "best at --max-steps and write trials.csv, best.yaml and plots. The study lives in --storage (default "
+        "OUTPUT_DIR/study.db): rerunning continues it, and workers anywhere can share it.",
     ),
     "toy": (
         _cmd_toy,

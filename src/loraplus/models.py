@@ -284,7 +284,7 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     """
     import json
 
-    from .io import atomic_dir
+    from .io import atomic_dir, write_problem
 
     import_name, filename, requirement, _ = BUILTIN_MODELS[name]
     gguf = package_folder(import_name, requirement) / filename
@@ -299,6 +299,10 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
         raise ModuleNotFoundError(
             f"converting the GGUF built-in {name!r} needs the PyPI package gguf: pip install gguf", name="gguf"
         )
+    problem = write_problem(folder.parent, create=True)
+    if problem:  # checked before the minute of conversion, not after
+        raise PermissionError(f"the converted model of {name!r} cannot be written into the cache "
+                              f"{str(folder.parent)!r} ({problem}); set LORAPLUS_CACHE to a writable folder")  # fmt: skip
     with atomic_dir(folder) as tmp:
         _convert_gguf(gguf, tmp)
         (tmp / _GGUF_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")

@@ -72,12 +72,13 @@ class RunSpec:
     labels: dict
 
 
-def write_run_config(cfg: TrainConfig, path: Path, **overrides) -> None:
-    """``cfg`` (with ``overrides``) as a YAML file of options (tuples as lists) that ``read_run_config`` and
-    ``loraplus train --config`` read back into the same ``TrainConfig``."""
+def write_run_config(cfg: TrainConfig, path: Path, drop: tuple[str, ...] = (), **overrides) -> None:
+    """``cfg`` (with ``overrides``, without the options in ``drop``) as a YAML file of options (tuples as lists)
+    that ``read_run_config`` and ``loraplus train --config`` read back into the same ``TrainConfig``."""
     import yaml
 
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in {**cfg.to_dict(), **overrides}.items()}
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in {**cfg.to_dict(), **overrides}.items()
+               if k not in drop}  # fmt: skip
     atomic_write_text(path, yaml.safe_dump(options, sort_keys=False))
 
 
