@@ -138,3 +138,40 @@ def test_console_script_prints_no_traceback(tmp_path):
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and message in done.stderr.splitlines()[-1], done.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("command, argv, message", [
+    ("sweep", ["--lr-a-points", "1", "--lr-a-min", "1e-4", "--lr-a-max", "1e-3"],
+     r"lr_a_points=1 with lr_a_min=0\.0001 and lr_a_max=0\.001: give one point for min == max"),
+    ("sweep", ["--lr-b-points", "2", "--lr-b-min", "1e-2", "--lr-b-max", "1e-2"], r"lr_b_points=2 with lr_b_min=0\.01"),
+    ("compare", ["--methods", "lora,lora"], r"methods lists lora more than once"),
+    ("compare", ["--methods", ""], r"methods is empty; choose from lora"),
+    ("compare", ["--lrs", "1e-3,1e-3"], r"lrs lists a value more than once"),
+    ("toy", ["--train-widths", "abc"], r"train_widths must be integers, got \('abc',\)"),
+    ("generate", ["--adapter", "x", "--prompt", "A", "B"], r"give the prompt once: as --prompt or as the last argument"),
+])  # fmt: skip
+def test_more_bad_invocations_name_what_is_wrong(command, argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *argv]) == 2
+    assert re.search(message, error_line(capsys.readouterr().err, command))
+
+
+def test_a_yaml_key_given_twice_and_a_config_folder_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "twice.yaml").write_text("r: 8\nr: 16\n")
+    assert main(["train", "--config", "twice.yaml"]) == 2
+    assert "key 'r' appears twice" in error_line(capsys.readouterr().err, "train")
+    (tmp_path / "cdir").mkdir()
+    assert main(["train", "--config", "cdir"]) == 2
+    assert "config file 'cdir' is a folder; give a YAML file" in error_line(capsys.readouterr().err, "train")
+
+
+def test_generate_on_a_merged_classifier_says_it_is_not_a_causal_lm(tmp_path):
+    from loraplus.generate import load_for_generation
+
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["BertForSequenceClassification"], "model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is a BertForSequenceClassification model, not a causal LM: it cannot generate"):
+        load_for_generation(str(folder))

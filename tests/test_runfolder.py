@@ -162,13 +162,13 @@ def test_eval_interval_does_not_change_the_training_losses(tiny_bert_dir, tiny_c
 
 def test_sweep_rerun_with_other_steps_is_refused_then_recomputed_with_overwrite(tiny_bert_dir, tiny_csv, tmp_path):
     out = tmp_path / "sweep"
-    first = run_sweep(tiny_sweep(tiny_bert_dir, tiny_csv, out, lr_a_points=1, lr_b_points=1, jobs=1), progress=False)
+    first = run_sweep(tiny_sweep(tiny_bert_dir, tiny_csv, out, lr_a_points=1, lr_b_points=1, lr_a_max=1e-3, lr_b_max=1e-3, jobs=1), progress=False)
     assert [r["steps"] for r in first["rows"]] == [4]
-    longer = tiny_sweep(tiny_bert_dir, tiny_csv, out, lr_a_points=1, lr_b_points=1, jobs=1, max_steps=6)
+    longer = tiny_sweep(tiny_bert_dir, tiny_csv, out, lr_a_points=1, lr_b_points=1, lr_a_max=1e-3, lr_b_max=1e-3, jobs=1, max_steps=6)
     with pytest.raises(ValueError, match=r"1 run folder\(s\) hold runs of other options or data, e\.g\. .*"
                                          r"\(max_steps: 4 -> 6\); pass --overwrite"):  # fmt: skip
         run_sweep(longer, progress=False)
-    again = run_sweep(tiny_sweep(tiny_bert_dir, tiny_csv, out, lr_a_points=1, lr_b_points=1, jobs=1, max_steps=6,
+    again = run_sweep(tiny_sweep(tiny_bert_dir, tiny_csv, out, lr_a_points=1, lr_b_points=1, lr_a_max=1e-3, lr_b_max=1e-3, jobs=1, max_steps=6,
                                  overwrite=True), progress=False)  # fmt: skip
     assert [r["steps"] for r in again["rows"]] == [6]
 

@@ -84,7 +84,7 @@ def test_options_the_sweep_sets_itself_are_refused(tiny_bert_dir, tiny_csv, tmp_
 
 def test_a_failed_cell_reports_the_childs_error(tiny_bert_dir, tiny_csv, tmp_path):
     """The child's exception comes back as the row's status, not only an exit code."""
-    cfg = tiny_sweep(tiny_bert_dir, tiny_csv, tmp_path, lr_a_points=1, lr_b_points=1, text_column="body")
+    cfg = tiny_sweep(tiny_bert_dir, tiny_csv, tmp_path, lr_a_points=1, lr_b_points=1, lr_a_max=1e-3, lr_b_max=1e-3, text_column="body")
     rows = run_sweep(cfg, progress=False)["rows"]
     assert len(rows) == 1 and rows[0]["status"].startswith("failed: ValueError: text_column 'body' not found in ")
     assert rows[0]["status"].endswith(".log)")

@@ -69,6 +69,8 @@ def dataclass_from_args(cls, args: argparse.Namespace):
         raise ValueError(f"config file {args.config!r} is not UTF-8 (byte {err.start}); save it as UTF-8") from None
     options.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
     if getattr(args, "prompt_text", None) is not None:  # generate's positional prompt
+        if getattr(args, "prompt", None) is not None:
+            raise ValueError("give the prompt once: as --prompt or as the last argument, not both")
         options["prompt"] = args.prompt_text
     return cls(**options)
 
@@ -133,7 +135,7 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(ToyCommand, args)
     print(toy_summary_text(cfg.run()))
-    print(f"-> {cfg.output_dir}/delta_scaling.png, ratio_exponent.png")
+    print(f"-> {cfg.output_dir}/delta_scaling.png" + (", ratio_exponent.png" if cfg.train else ""))
     return 0
 
 

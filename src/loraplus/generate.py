@@ -57,6 +57,18 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("model*.safetensors"))
 
 
+def _check_causal_folder(root: Path) -> None:
+    """Refuse a model folder whose ``config.json`` names no causal-LM architecture (a merged classifier)."""
+    import json
+
+    try:
+        architectures = json.loads((root / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return  # from_pretrained explains an unreadable config
+    if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        raise ValueError(f"{str(root)!r} is a {architectures[0]} model, not a causal LM: it cannot generate text")
+
+
 def load_for_generation(path: str, base_model: str | None = None):
     """``(model in eval mode, tokenizer, what was loaded)`` for ``path`` (see the module docstring).
 
@@ -66,6 +78,7 @@ def load_for_generation(path: str, base_model: str | None = None):
     """
     root = Path(path).expanduser()
     if root.is_dir() and _is_model_folder(root) and not (root / "adapter_config.json").is_file():
+        _check_causal_folder(root)
         tokenizer, model = load_causal_lm(str(root))
         return model.eval(), tokenizer, f"model {root}"
     if root.is_dir() and (root / "config.json").is_file() and not (root / "adapter").exists() and not any(
@@ -75,8 +88,8 @@ def load_for_generation(path: str, base_model: str | None = None):
     run = find_run(root, base_model)
     task = get_task(run.config.task) if run.config is not None else None
     if (task is not None and task.peft_task_type != "CAUSAL_LM") or run.task_type not in (None, "CAUSAL_LM"):
-        raise ValueError(f"{str(run.adapter)!r} is a {run.task_type or task.name} adapter: generate needs a causal "
-                         "LM (a run of --task sft or causal-lm)")  # fmt: skip
+        raise ValueError(f"{str(run.adapter)!r} is a {run.task_type or task.name} adapter, not a causal LM's (a "
+                         "run of --task sft or causal-lm): it cannot generate text")  # fmt: skip
     try:
         tokenizer, base = load_causal_lm(run.model_path)
     except OSError as err:

@@ -64,8 +64,13 @@ class CompareConfig(TrainConfig):
         super().__post_init__()
         if self.loraplus_lr_ratio == AUTO:
             raise ValueError("compare needs a number for loraplus_lr_ratio (the λ of the LoRA+ methods), got 'auto'")
+        if not self.methods:
+            raise ValueError(f"methods is empty; choose from {', '.join(METHODS)}")
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:
+            raise ValueError(f"methods lists {', '.join(twice)} more than once")
         unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
+        if unknown:
             raise ValueError(f"unknown method(s) {unknown or self.methods!r}; choose from {', '.join(METHODS)}")
         try:
             lrs, seeds = [float(x) for x in self.lrs], [int(s) for s in self.seeds]
@@ -73,6 +78,8 @@ class CompareConfig(TrainConfig):
             raise ValueError(f"lrs must be numbers and seeds integers, got {self.lrs!r} and {self.seeds!r}") from None
         if not lrs or min(lrs) <= 0 or not np.isfinite(lrs).all():
             raise ValueError(f"lrs must be finite numbers > 0, got {self.lrs!r}")
+        if len(set(lrs)) != len(lrs):
+            raise ValueError(f"lrs lists a value more than once, got {self.lrs!r}")
         if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
         if self.metric not in ("accuracy", "macro_f1", "loss"):

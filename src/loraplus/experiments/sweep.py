@@ -62,6 +62,10 @@ class SweepConfig(TrainConfig):
             low, high = getattr(self, f"lr_{axis}_min"), getattr(self, f"lr_{axis}_max")
             if not (0 < low <= high) or not math.isfinite(high):
                 raise ValueError(f"need 0 < lr_{axis}_min <= lr_{axis}_max, got {low!r} and {high!r}")
+            points = getattr(self, f"lr_{axis}_points")
+            if (points == 1) != (low == high):  # one point is one value; several need a range to spread over
+                raise ValueError(f"lr_{axis}_points={points} with lr_{axis}_min={low!r} and lr_{axis}_max={high!r}: "
+                                 f"give one point for min == max, or min < max for several")  # fmt: skip
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         try:

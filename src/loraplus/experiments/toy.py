@@ -188,13 +188,13 @@ class ToyCommand:
         coerce_fields(self)
 
     def run(self) -> dict:
-        def ints(values):
+        def ints(name, values):
             try:
                 return None if values is None else [int(v) for v in values]
             except ValueError:
-                raise ValueError(f"widths must be integers, got {values!r}") from None
+                raise ValueError(f"{name} must be integers, got {values!r}") from None
 
         return run_toy(
-            self.output_dir, widths=ints(self.widths), seeds=self.seeds, train=self.train,
-            train_widths=ints(self.train_widths), train_seeds=self.train_seeds, quick=self.quick,
+            self.output_dir, widths=ints("widths", self.widths), seeds=self.seeds, train=self.train,
+            train_widths=ints("train_widths", self.train_widths), train_seeds=self.train_seeds, quick=self.quick,
         )  # fmt: skip
