@@ -211,3 +211,10 @@ def test_schedulers_that_need_options_the_cli_lacks_are_refused_up_front():
         TrainConfig(lr_scheduler_type="warmup_stable_decay")
     with pytest.raises(ValueError, match=r"'cosine_with_min_lr' needs lr_scheduler_kwargs \(min_lr or min_lr_rate\)"):
         TrainConfig(lr_scheduler_type="cosine_with_min_lr")
+
+
+def test_public_training_arguments_refuse_fp16_on_cpu(tmp_path):
+    from loraplus import LoraPlusTrainingArguments
+
+    with pytest.raises(ValueError, match=r"fp16=True needs a GPU .* it would silently train in float32"):
+        LoraPlusTrainingArguments(output_dir=str(tmp_path), fp16=True, use_cpu=True)

@@ -41,6 +41,13 @@ _OPTION_HELP = {
 _DEFAULTS = {f.name: f.default for f in fields(LoraPlusConfig)}
 
 
+def _fp16_device() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
+
+
 @dataclass
 class LoraPlusTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the LoRA+ options (the fields of ``LoraPlusConfig``; ``weight_decay`` is
@@ -50,7 +57,7 @@ class LoraPlusTrainingArguments(TrainingArguments):
     group (biases, norms and DoRA magnitudes never decay).
 
     Raises:
-        ValueError: a bad LoRA+ option (on construction).
+        ValueError: a bad LoRA+ option, or ``fp16=True`` without a GPU (on construction).
     """
 
     loraplus_lr_ratio: float = field(default=DEFAULT_LORAPLUS_LR_RATIO, metadata={"help": _OPTION_HELP["loraplus_lr_ratio"]})
@@ -58,6 +65,9 @@ class LoraPlusTrainingArguments(TrainingArguments):
     loraplus_lr_other: float | None = field(default=None, metadata={"help": _OPTION_HELP["loraplus_lr_other"]})
 
     def __post_init__(self):
+        if self.fp16 and (self.use_cpu or not _fp16_device()):  # transformers accepts it and trains in float32
+            raise ValueError("fp16=True needs a GPU (CUDA, XPU or MPS); on this CPU it would silently train in "
+                             "float32: pass bf16=True (bf16 autocast on CPU) or neither")  # fmt: skip
         super().__post_init__()
         cfg = self.loraplus_config()
         self.loraplus_lr_ratio = cfg.loraplus_lr_ratio
