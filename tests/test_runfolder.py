@@ -235,3 +235,17 @@ def test_the_final_validation_reuses_an_evaluation_at_the_last_step(tiny_bert_di
     evals = [r for r in json.loads((out / "log_history.json").read_text()) if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4]  # not evaluated a second time at step 4
     assert metrics["validation"]["loss"] == pytest.approx(evals[-1]["eval_loss"])
+
+
+def test_compare_rerun_with_other_steps_is_refused_naming_them(tiny_bert_dir, tiny_csv, tmp_path):
+    from loraplus.experiments.compare import run_compare
+    from test_compare import tiny_compare
+
+    out = tmp_path / "cmp"
+    small = dict(methods=("lora",), lrs=("1e-3",), seeds=("0",), jobs=1)
+    run_compare(tiny_compare(tiny_bert_dir, tiny_csv, out, **small), progress=False)
+    with pytest.raises(ValueError, match=r"hold runs of other options or data, e\.g\. .*lr0\.001_seed0' "
+                                         r"\(max_steps: 6 -> 8\)"):  # fmt: skip
+        run_compare(tiny_compare(tiny_bert_dir, tiny_csv, out, max_steps=8, **small), progress=False)
+    result = json.loads((out / "results" / "lora_seed0.json").read_text())
+    assert result["config"]["max_steps"] == 6  # the old results were not mixed with the new title
