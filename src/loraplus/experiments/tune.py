@@ -391,6 +391,7 @@ def _plots(study, cfg: TuneConfig, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         ax = vis.plot_optimization_history(study)
+        ax.figure.tight_layout()
         save_figure(ax.figure, out / "history.png")
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         if not cfg.ratio_fixed and len(complete) >= 3:
@@ -398,6 +399,8 @@ def _plots(study, cfg: TuneConfig, out: Path) -> None:
         else:
             axes = vis.plot_slice(study)
         figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        figure.set_size_inches(7, 5)
+        figure.tight_layout()
         save_figure(figure, out / "params.png")
 
 
