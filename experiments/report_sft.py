@@ -2,7 +2,8 @@
 
 Reads only committed files: ``compare-sft-ni/`` (seed 0, lr tuned over 1e-4 and 4e-4), ``compare-sft-ni-seeds/``
 (seeds 1 and 2 at the tuned lr 4e-4; each run's ``metrics.json`` copied to ``results/<method>_seed<s>.metrics.json``)
-and ``compare-sft-ni-lambda<λ>/`` (LoRA+ at lr_A 4e-4, seed 0). Writes ``compare-sft-ni-seeds/paired.md`` and
+and ``compare-sft-ni-lambda<λ>/`` (LoRA+ at lr_A 4e-4, seed 0) and ``compare-sft-ni-lora-lr1.6e-3/`` (LoRA at LoRA+ λ 4's
+lr_B, seed 0). Writes ``compare-sft-ni-seeds/paired.md`` and
 ``paired.json``. Run: ``.venv/bin/python experiments/report_sft.py``.
 """
 
@@ -62,6 +63,12 @@ def main() -> None:
     for lam, row in sorted(lambdas.items()):
         lines.append(f"| {lam:g} | {row['validation_loss']:.3f} | {row['test_loss']:.3f} |")
     lines.append(f"| 1 (LoRA) | {rows['lora'][0]['validation_loss']:.3f} | {rows['lora'][0]['test_loss']:.3f} |")
+    wide = HERE / "compare-sft-ni-lora-lr1.6e-3" / "results" / "lora_seed0.json"
+    if wide.is_file():  # LoRA at LoRA+ (λ 4)'s lr_B: does a larger lr alone close the gap?
+        row = final("compare-sft-ni-lora-lr1.6e-3", "lora", 0)
+        summary["lora_lr_1.6e-3_seed0"] = row
+        (HERE / "compare-sft-ni-seeds" / "paired.json").write_text(json.dumps(summary, indent=2) + "\n")
+        lines.append(f"| 1 (LoRA at lr 1.6e-3) | {row['validation_loss']:.3f} | {row['test_loss']:.3f} |")
     (HERE / "compare-sft-ni-seeds" / "paired.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

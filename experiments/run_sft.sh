@@ -37,4 +37,9 @@ for lam in 2 16; do
     cp experiments/compare-sft-ni-lambda$lam/runs/loraplus/lr0.0004_seed0/metrics.json \
         experiments/compare-sft-ni-lambda$lam/results/loraplus_seed0.metrics.json
 done
+# LoRA at lr 1.6e-3 (LoRA+ lambda 4's lr_B), seed 0: does the larger lr alone close the gap? (about 20 minutes)
+$LP compare --task sft --output-dir experiments/compare-sft-ni-lora-lr1.6e-3 --eval-steps 10 --max-eval-samples 24 --eval-generate 8 \
+    --metric loss --methods lora --lrs 1.6e-3 --seeds 0 --tune-seed 0 --loraplus-lr-ratio 4 --jobs 2
+cp experiments/compare-sft-ni-lora-lr1.6e-3/runs/lora/lr0.0016_seed0/metrics.json \
+    experiments/compare-sft-ni-lora-lr1.6e-3/results/lora_seed0.metrics.json
 .venv/bin/python experiments/report_sft.py

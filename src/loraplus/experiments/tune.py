@@ -132,7 +132,8 @@ class TuneConfig(TrainConfig):
 
     def trial_config(self, lr_a: float, ratio: float, number: int | None, steps: int) -> TrainConfig:
         """The run of one trial (``number``) or, with ``number=None``, the best trial's full run (``best/``)."""
-        folder = Path(self.output_dir) / ("best" if number is None else f"trials/trial-{number}")
+        prefix = "" if self.study_name == STUDY_NAME else f"{self.study_name}-"  # studies sharing a folder
+        folder = Path(self.output_dir) / (f"{prefix}best" if number is None else f"trials/{prefix}trial-{number}")
         return run_config(self, learning_rate=lr_a, loraplus_lr_ratio=ratio, output_dir=str(folder), max_steps=steps)
 
     def study_identity(self) -> dict:
@@ -251,7 +252,8 @@ def _objective(cfg: TuneConfig):
     return objective
 
 
-def _finished(study) -> int:
+def _trial_count(study) -> int:
+    """Trials of the study in any state (a running one of another worker, or a killed one, counts)."""
     return len(study.get_trials(deepcopy=False))
 
 
@@ -260,7 +262,7 @@ def _work(cfg: TuneConfig) -> None:
     import optuna
 
     study = _study(cfg)
-    if _finished(study) >= cfg.trials:
+    if _trial_count(study) >= cfg.trials:
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(_objective(cfg), n_trials=cfg.trials, catch=(Exception,),
