@@ -160,7 +160,7 @@ def test_a_yaml_key_given_twice_and_a_config_folder_are_refused(tmp_path, capsys
     monkeypatch.chdir(tmp_path)
     (tmp_path / "twice.yaml").write_text("r: 8\nr: 16\n")
     assert main(["train", "--config", "twice.yaml"]) == 2
-    assert "key 'r' appears twice" in error_line(capsys.readouterr().err, "train")
+    assert "gives key 'r' twice; keep one" in error_line(capsys.readouterr().err, "train")
     (tmp_path / "cdir").mkdir()
     assert main(["train", "--config", "cdir"]) == 2
     assert "config file 'cdir' is a folder; give a YAML file" in error_line(capsys.readouterr().err, "train")

@@ -29,19 +29,20 @@ ALIASES: dict[str, str] = {
 }
 
 
-class _UniqueKeyLoader(__import__("yaml").SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+def _repeated_key(text: str) -> str | None:
+    """The first option given twice at the top of a YAML document (PyYAML would keep the last silently), found on
+    the composed node tree (nothing is constructed)."""
+    import yaml
 
-    def construct_mapping(self, node, deep=False):
-        import yaml
-
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    seen = set()
+    for key, _ in node.value:
+        if key.value in seen:
+            return key.value
+        seen.add(key.value)
+    return None
 
 
 def read_config_file(path: str | Path, cls) -> dict:
@@ -51,7 +52,7 @@ def read_config_file(path: str | Path, cls) -> dict:
     ``yaml.safe_load`` (no Python objects).
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError: no such file; IsADirectoryError: a folder.
         ValueError: not a mapping, an unknown key (with the closest valid key), a key the experiment ``cls`` sets
             itself (``SET_BY_EXPERIMENT``), or the same option twice.
     """
@@ -63,13 +64,17 @@ def read_config_file(path: str | Path, cls) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+        twice = _repeated_key(text) if isinstance(raw, dict) else None
     except yaml.YAMLError as err:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping of option: value, got {type(raw).__name__}")
+    if twice is not None:
+        raise ValueError(f"config file {str(path)!r} gives key {twice!r} twice; keep one")
     fields = [f.name for f in dataclasses.fields(cls)]
     options: dict = {}
     for key, value in raw.items():
