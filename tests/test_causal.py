@@ -165,7 +165,27 @@ def test_killed_conversion_leaves_no_folder(fake_conversion, monkeypatch, tmp_pa
     monkeypatch.setattr(models, "_convert_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
         resolve_smollm2(tmp_path / "c" / "smol")
-    assert list((tmp_path / "c").iterdir()) == []
+    assert [p for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")] == []  # the lock file stays
+
+
+def test_a_conversion_waits_for_another_process_writing_the_same_cache_entry(fake_conversion, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from loraplus.models import resolve_model
+
+    holder = ("import sys, time\nfrom loraplus.runfolder import folder_lock\n"
+              "with folder_lock(sys.argv[1], name='.smollm2-135m.lock'):\n    print('held', flush=True)\n    time.sleep(1.5)\n")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        folder = resolve_model("smollm2-135m")
+        assert time.monotonic() - start > 0.5  # it waited for the holder instead of converting beside it
+    finally:
+        proc.wait()
+    assert folder == str(tmp_path / "cache" / "smollm2-135m") and len(fake_conversion) == 1
 
 
 def test_unwritable_cache_is_refused_before_converting(fake_conversion, monkeypatch, tmp_path):

@@ -100,14 +100,20 @@ def fetch_bigbench(cache: Path | None = None, *, progress: bool = True) -> Path:
     if problem:
         raise OSError(f"cannot write the BIG-bench cache folder {folder} ({problem}); set LORAPLUS_CACHE to a "
                       f"writable folder or {TARBALL_ENV}=/path/to/{TARBALL_NAME}")  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
-    try:
-        _pip_download(tmp, folder, progress=progress)
-        downloaded = tmp / TARBALL_NAME
-        _verify(downloaded, remove=True)
-        os.replace(downloaded, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from .runfolder import folder_lock
+
+    with folder_lock(folder, "the BIG-bench download", wait=True, name=".download.lock"):
+        if target.is_file():  # another process downloaded it while this one waited
+            _verify(target, remove=True)
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+        try:
+            _pip_download(tmp, folder, progress=progress)
+            downloaded = tmp / TARBALL_NAME
+            _verify(downloaded, remove=True)
+            os.replace(downloaded, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

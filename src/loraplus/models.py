@@ -303,9 +303,17 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     if problem:  # checked before the minute of conversion, not after
         raise PermissionError(f"the converted model of {name!r} cannot be written into the cache "
                               f"{str(folder.parent)!r} ({problem}); set LORAPLUS_CACHE to a writable folder")  # fmt: skip
-    with atomic_dir(folder) as tmp:
-        _convert_gguf(gguf, tmp)
-        (tmp / _GGUF_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    from .runfolder import folder_lock
+
+    with folder_lock(folder.parent, f"the cache entry {folder.name}", wait=True, name=f".{folder.name}.lock"):
+        try:  # another process may have converted it while this one waited
+            if json.loads((folder / _GGUF_STAMP).read_text()) == stamp:
+                return str(folder)
+        except (OSError, ValueError):
+            pass
+        with atomic_dir(folder) as tmp:
+            _convert_gguf(gguf, tmp)
+            (tmp / _GGUF_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
     return str(folder)
 
 

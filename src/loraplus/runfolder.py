@@ -136,19 +136,23 @@ def _normal(value):
 
 
 @contextmanager
-def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[Path]:
-    """Hold ``folder/.lock`` (created with the folder) for the ``with`` block.
+def folder_lock(folder: str | Path, what: str = "run folder", *, wait: bool = False,
+                name: str = LOCK_FILE) -> Iterator[Path]:  # fmt: skip
+    """Hold ``folder/<name>`` (default ``.lock``; the folder is created) for the ``with`` block.
+
+    ``wait``: block until the holder finishes (a cache entry another process is writing) instead of refusing.
 
     Raises:
-        FolderLocked: another live process holds it; the message names its pid.
+        FolderLocked: another live process holds it and ``wait`` is off; the message names its pid.
         PermissionError: the folder cannot be created or written.
     """
     import fcntl
+    import logging
 
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         raise PermissionError(f"{what} {str(folder)!r} cannot be written ({err.strerror or err})") from None
     try:
@@ -156,8 +160,11 @@ def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderLocked(f"{what} {str(folder)!r} is in use by another loraplus process (pid {owner}); "
-                               "wait for it to finish or choose another folder") from None  # fmt: skip
+            if not wait:
+                raise FolderLocked(f"{what} {str(folder)!r} is in use by another loraplus process (pid {owner}); "
+                                   "wait for it to finish or choose another folder") from None  # fmt: skip
+            logging.getLogger("loraplus").info("waiting for loraplus process %s, which is writing %s", owner, what)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield folder
