@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, _opt, coerce_fields
+from .data import load_for_evaluation
 from .evaluate_mmlu import evaluate_mmlu, mmlu_text
 from .io import atomic_dir, atomic_write_json, write_problem
 from .models import load_adapter
-from .data import load_for_evaluation
 from .runfolder import differences, identity_of, read_identity
 from .runs import RunFolder, adapter_tokenizer, find_run
 from .tasks import TASKS, get_task, task_for_peft_type

@@ -11,8 +11,8 @@ Each run is a run folder that records what it is (``runfolder``). A finished run
 options and data are those of its spec is done and is never run again, so a killed sweep or comparison resumes
 where it stopped and no finished run is lost; a run folder holding another run (other options, steps, dataset or
 data file) is refused before anything runs, naming what differs, unless the experiment's ``overwrite`` is set
-(those runs are then run again). Runs that were cut short are started over. With ``jobs`` runs at once each gets ``cpu_count // jobs`` threads, so the machine's
-cores stay busy without oversubscription.
+(those runs are then run again). Runs that were cut short are started over. With ``jobs`` runs at once each
+gets ``cpu_count // jobs`` threads, so the machine's cores stay busy without oversubscription.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ __all__ = ["RunSpec", "experiment_folder", "read_run_config", "run_all", "run_co
 
 @contextlib.contextmanager
 def experiment_folder(options, metric: str):
-    """The locked folder of a sweep or comparison (``options.output_dir``), after checking that every run will
-    report ``metric``.
+    """The locked folder of a sweep, comparison or tuning (``options.output_dir``), after checking that every run
+    will report ``metric``.
 
     Raises:
         runfolder.FolderLocked: another process runs this experiment (names its pid).
@@ -129,7 +129,7 @@ def _run_one(spec: RunSpec, threads: int, rerun: bool) -> dict:
     out = Path(spec.config.output_dir)
     if rerun or not (out / "metrics.json").exists():
         start = time.perf_counter()
-        # only unfinished runs reach here: start them over
+        # unfinished runs, and (with the experiment's overwrite) runs of other options: start them over
         error = run_isolated(spec.config, out.parent / f"{out.name}.log", threads=threads, overwrite=True)
         if error is not None:
             return {**spec.labels, "status": f"failed: {error} (see {out.name}.log)",
