@@ -95,6 +95,7 @@ def test_pruning_stops_trials_at_an_evaluation(tiny_bert_dir, tiny_csv, tmp_path
     (dict(metric="perplexity"), r"metric 'perplexity' is not reported by --task classification"),
     (dict(loraplus_lr_ratio="auto"), r"tune takes a number for --loraplus-lr-ratio"),
     (dict(learning_rate=1e-3), r"--learning-rate \(learning_rate\) is set by the experiment itself"),
+    (dict(overwrite=True), r"--overwrite \(overwrite\) is set by the experiment itself .* another --study-name"),
 ])  # fmt: skip
 def test_bad_tune_options_name_the_value(bad, message, tiny_bert_dir, tiny_csv, tmp_path):
     with pytest.raises(ValueError, match=message):

@@ -64,7 +64,11 @@ class TuneConfig(TrainConfig):
             tuner sets itself (``SET_BY_EXPERIMENT``).
     """
 
-    SET_BY_EXPERIMENT: ClassVar[dict[str, str]] = {"learning_rate": "--lr-a-min/--lr-a-max (lr_A is tuned)"}
+    SET_BY_EXPERIMENT: ClassVar[dict[str, str]] = {
+        "learning_rate": "--lr-a-min/--lr-a-max (lr_A is tuned)",
+        "resume": "nothing: rerunning the command continues the study",
+        "overwrite": "another --study-name or --output-dir (a study's finished trials are never replaced)",
+    }
 
     output_dir: str = _opt("runs/tune", "tuning folder: study.db, trials/, best/, trials.csv, best.yaml, *.png")
     loraplus_lr_ratio: float | str | None = _opt(None, "a fixed λ = lr_B / lr_A (default: λ is tuned over "
