@@ -158,7 +158,7 @@ def test_unknown_columns_error_names_columns_and_formats(tmp_path):
 def test_format_override_resolves_ambiguous_columns(tmp_path):
     rows = [{"prompt": f"p{i}", "completion": f"c{i}", "messages": _chat(i)} for i in range(5)]
     path = _write(tmp_path / "both.jsonl", rows)
-    with pytest.raises(ValueError, match=r"several formats \(prompt-completion, messages\).*format="):
+    with pytest.raises(ValueError, match=r"several formats \(prompt-completion, messages\); choose one with --format"):
         load_instruction_data(path)
     d = load_instruction_data(path, format="messages")
     assert (d.format, d.kind) == ("messages", "messages")

@@ -43,6 +43,8 @@ def test_tune_runs_trials_the_best_at_full_length_and_resumes(tiny_bert_dir, tin
     more = run_tune(tiny_tune(tiny_bert_dir, tiny_csv, out, trials=4))  # the study continues: one more trial
     assert sum(more["counts"].values()) == 4 and sorted(p.name for p in (out / "trials").iterdir()) == [
         "trial-0", "trial-1", "trial-2", "trial-3"]  # fmt: skip
+    params = [(r["lr_A"], r["ratio"]) for r in more["trials"]]
+    assert len(set(params)) == 4  # a continued study's new sampler does not replay the first proposals
     if more["best"]["trial"] == best["trial"]:
         assert (out / "best" / "metrics.json").stat().st_mtime_ns == stamp  # the same best: reused
 

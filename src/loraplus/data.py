@@ -316,7 +316,7 @@ def _pick_columns(parts: Mapping[str, datasets.Dataset], text_column: str | None
         column = role if given is None else given
         if column not in columns:
             what = f"no {column!r} column" if given is None else f"{role}_column {column!r} not found"
-            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with {role}_column=...")
+            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with --{role}-column ({role}_column: in a config file or in Python)")
         chosen.append(column)
     if chosen[0] == chosen[1]:
         raise ValueError(f"text_column and label_column must differ, both are {chosen[0]!r}")

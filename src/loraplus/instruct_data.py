@@ -123,7 +123,7 @@ def detect_format(columns: list[str]) -> str:
         return matches[0]
     if matches:
         raise ValueError(f"columns {list(columns)} match several formats ({', '.join(matches)}); "
-                         f"choose one with format=...")
+                         f"choose one with --format (format: in a config file or in Python)")
     known = "; ".join(f"{fmt}: {', '.join(cols)}" for fmt, cols in _COLUMNS.items())
     raise ValueError(f"columns {list(columns)} match no instruction format; known formats and the columns each "
                      f"needs: {known} (alpaca may also have 'input')")

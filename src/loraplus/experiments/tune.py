@@ -181,6 +181,7 @@ def _study(cfg: TuneConfig, create: bool = True):
 
     url = cfg.storage_url()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, constant liar
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study ..." at every open
     try:
         if url.startswith("journal:"):  # a journal file: workers on a shared filesystem without a database server
             from optuna.storages import JournalStorage
@@ -189,8 +190,7 @@ def _study(cfg: TuneConfig, create: bool = True):
             storage = JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
         else:  # a heartbeat marks a killed worker's trial failed instead of running forever
             storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-        sampler = optuna.samplers.TPESampler(seed=_sampler_seed(cfg), n_startup_trials=min(4, cfg.trials),
-                                             constant_liar=True)  # fmt: skip  # running trials count as tried
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)  # replaced below, once the study's size is known
         pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=cfg.eval_steps, max_resource=cfg.budget),
                   "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.eval_steps),
                   "none": optuna.pruners.NopPruner}[cfg.pruner]()  # fmt: skip
@@ -205,6 +205,9 @@ def _study(cfg: TuneConfig, create: bool = True):
             raise
         raise ValueError(f"the Optuna storage {url!r} cannot be opened ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:300]})") from None  # fmt: skip
+    study.sampler = optuna.samplers.TPESampler(
+        seed=_sampler_seed(cfg, len(study.get_trials(deepcopy=False))), n_startup_trials=min(4, cfg.trials),
+        constant_liar=True)  # fmt: skip  # constant liar: running trials count as tried
     identity = cfg.study_identity()
     recorded = study.user_attrs.get("identity")
     if recorded is None:
@@ -220,16 +223,18 @@ def _study(cfg: TuneConfig, create: bool = True):
 WORKER_ENV = "LORAPLUS_TUNE_WORKER"
 
 
-def _sampler_seed(cfg: TuneConfig) -> int:
-    """``cfg.seed`` for a study run by one process (reproducible); in a worker process of several (``jobs`` > 1,
-    or a shared ``storage`` another machine may also work on) a seed of its own, so two workers never propose the
-    same parameters."""
-    if os.environ.get(WORKER_ENV) is None and cfg.storage is None:
-        return cfg.seed
-    import socket
+def _sampler_seed(cfg: TuneConfig, existing: int) -> int:
+    """The sampler's seed: ``cfg.seed`` for a new study run by one process (reproducible); derived from the seed
+    and the ``existing`` trials when a study is continued (a fresh sampler with the old seed would propose the
+    first trials' parameters again); and, in a worker process of several (``jobs`` > 1, or a shared ``storage``
+    another machine may also work on), from its host and pid too, so two workers never propose the same ones."""
     import zlib
 
-    return zlib.crc32(f"{cfg.seed}:{socket.gethostname()}:{os.getpid()}".encode())
+    if os.environ.get(WORKER_ENV) is None and cfg.storage is None:
+        return cfg.seed if existing == 0 else zlib.crc32(f"{cfg.seed}:{existing}".encode())
+    import socket
+
+    return zlib.crc32(f"{cfg.seed}:{existing}:{socket.gethostname()}:{os.getpid()}".encode())
 
 
 def _objective(cfg: TuneConfig):
@@ -280,7 +285,8 @@ def _run_workers(cfg: TuneConfig) -> None:
         return
     out = Path(cfg.output_dir)
     config_file = out / "tune.yaml"  # the same TuneConfig: lr and λ as ranges, not as the placeholders they resolved to
-    write_run_config(cfg, config_file, drop=("learning_rate",) + (() if cfg.ratio_fixed else ("loraplus_lr_ratio",)))
+    drop = (*cfg.SET_BY_EXPERIMENT, *(() if cfg.ratio_fixed else ("loraplus_lr_ratio",)))  # refused in a config file
+    write_run_config(cfg, config_file, drop=drop)
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     procs = []
