@@ -330,8 +330,9 @@ def run_tune(cfg: TuneConfig) -> dict:
         best = study.best_trial
         lr_a, ratio = best.params["lr_A"], best.user_attrs["ratio"]
         final = cfg.trial_config(lr_a, ratio, None, cfg.max_steps)
-        if cfg.budget == cfg.max_steps:  # the trial already ran the full length
-            final = cfg.trial_config(lr_a, ratio, best.number, cfg.budget)
+        trial = cfg.trial_config(lr_a, ratio, best.number, cfg.budget)
+        if cfg.budget == cfg.max_steps and (Path(trial.output_dir) / "metrics.json").is_file():
+            final = trial  # the trial already ran the full length here (not on another machine of the storage)
             metrics = json.loads((Path(final.output_dir) / "metrics.json").read_text())
         elif (Path(final.output_dir) / "metrics.json").exists():
             metrics = _reuse(final)
@@ -372,7 +373,8 @@ def _write_outputs(cfg: TuneConfig, study, rows: list[dict], final: TrainConfig,
     import io
 
     out = Path(cfg.output_dir)
-    steps_used = sum(r["steps"] or 0 for r in rows) + (0 if cfg.budget == cfg.max_steps else metrics["train"]["steps"])
+    reused = Path(final.output_dir).parent.name == "trials"  # the best trial itself, not a run of its own
+    steps_used = sum(r["steps"] or 0 for r in rows) + (0 if reused else metrics["train"]["steps"])
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
