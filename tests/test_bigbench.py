@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import loraplus.io
+
 from loraplus import bigbench
 from loraplus.bigbench import (
     TARBALL_ENV,
@@ -247,7 +249,7 @@ def test_fetch_with_verified_cache_never_calls_pip(genuine, monkeypatch):
     cached.write_bytes(genuine.read_bytes())  # put there by hand (or an earlier download)
     no_pip(monkeypatch)
     assert fetch_bigbench() == cached
-    monkeypatch.setattr(bigbench.hashlib, "sha256", lambda: pytest.fail("hashed the same file twice"))
+    monkeypatch.setattr(loraplus.io.hashlib, "sha256", lambda: pytest.fail("hashed the same file twice"))
     assert fetch_bigbench() == cached  # verified once per process
     assert fetch_bigbench(folder) == cached
 

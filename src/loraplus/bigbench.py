@@ -19,7 +19,6 @@ BIG-bench tasks have no train/test splits. A task's ``task.json`` is cached on f
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_bytes, atomic_write_json, cache_dir, write_problem
+from .io import atomic_write_bytes, atomic_write_json, cache_dir, file_sha256, write_problem
 
 __all__ = [
     "BIGBENCH_SHA256", "BIGBENCH_VERSION", "NI_HELDOUT_DATASETS", "TARBALL_ENV", "NaturalInstructionsSplit",
@@ -49,8 +48,6 @@ _REQUIREMENT = f"bigbench=={BIGBENCH_VERSION}"
 _TASKS_DIR = "bigbench/benchmark_tasks/"  # inside the sdist's top folder
 _NI = "natural_instructions/"
 _CLAIM = "\nClaim: "  # vitaminc inputs are "<page title>: <evidence sentence>\nClaim: <claim>"
-_HASH_CHUNK = 1 << 20
-_hashes: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256, this process
 
 # Natural Instructions v1 source data sets whose tasks are all held out: no passage of a held-out task is seen in
 # training. cosmosqa + ropes = 7 of the 61 tasks (28,634 of 193,250 examples) of five task types: classification
@@ -165,22 +162,9 @@ def _why(err: BaseException) -> str:
     return str(err)
 
 
-def _sha256(path: Path) -> str:
-    """sha256 of a file, hashed once per process and file version (path, size, mtime)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _hashes:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
-
-
 def _verify(path: Path, *, remove: bool) -> None:
     """Raise ``ValueError`` (both hashes named) unless ``path`` is BIG-bench's sdist; ``remove`` deletes a bad file."""
-    got = _sha256(path)
+    got = file_sha256(path)
     if got != BIGBENCH_SHA256:
         if remove:
             path.unlink(missing_ok=True)
@@ -192,7 +176,7 @@ def _verify(path: Path, *, remove: bool) -> None:
 
 
 def _task_cache(tarball: Path) -> Path:
-    return cache_dir("bigbench") / "tasks" / _sha256(Path(tarball))[:16]
+    return cache_dir("bigbench") / "tasks" / file_sha256(Path(tarball))[:16]
 
 
 def _scan(tarball: Path, wanted: set[str]) -> tuple[list[str], dict[str, bytes]]:

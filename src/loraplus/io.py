@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["cache_dir", "write_problem", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "save_figure", "umask_modes"]
+__all__ = ["cache_dir", "write_problem", "package_folder", "atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_with", "atomic_write_text", "file_sha256", "save_figure", "umask_modes"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -92,6 +93,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+_HASH_CHUNK = 1 << 20
+_hashes: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256, this process
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB chunks and hashed once per process and file version (resolved path,
+    size, mtime)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
 
 
 def umask_modes(folder: str | Path) -> None:

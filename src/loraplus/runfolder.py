@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .io import atomic_write_json
+from .io import atomic_write_json, file_sha256
 
 __all__ = ["IDENTITY_FILE", "IGNORED_OPTIONS", "LOCK_FILE", "PREVIOUS_DIR", "FolderLocked", "differences",
            "file_fingerprint", "folder_lock", "identity_of", "read_identity", "replace_previous", "finish_replace", "holds_nothing", "write_identity"]
@@ -38,8 +38,6 @@ PREVIOUS_DIR = ".previous"
 IGNORED_OPTIONS = frozenset({"output_dir", "overwrite", "resume", "report_to", "logging_steps", "eval_batch_size"})
 # options naming a local file whose content changes the run
 FILE_OPTIONS = ("dataset", "chat_template")
-_CHUNK = 1 << 20
-_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file hashed once per process
 
 
 class FolderLocked(FileExistsError):
@@ -59,28 +57,17 @@ def file_fingerprint(value: str | None) -> dict | None:
     digest, size = hashlib.sha256(), 0
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else "").encode() + b"\0")
-        digest.update(_sha256(file).encode())
+        digest.update(file_sha256(file).encode())
         size += file.stat().st_size
     return {"path": str(path), "size": size, "sha256": digest.hexdigest()}
-
-
-def _sha256(file: Path) -> str:
-    stat = file.stat()
-    key = (str(file), stat.st_size, stat.st_mtime_ns)
-    if key not in _hashes:
-        digest = hashlib.sha256()
-        with file.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
 
 
 def identity_of(options: Mapping) -> dict:
     """The identity of a run with the resolved ``options`` (a ``TrainConfig.to_dict()``): the options that
     change what is trained, and the fingerprint of each local file they name."""
     kept = {k: v for k, v in options.items() if k not in IGNORED_OPTIONS}
-    files = {k: file_fingerprint(options.get(k)) for k in FILE_OPTIONS if file_fingerprint(options.get(k))}
+    fingerprints = {k: file_fingerprint(options.get(k)) for k in FILE_OPTIONS}
+    files = {k: v for k, v in fingerprints.items() if v is not None}
     return {"options": json.loads(json.dumps(kept, default=str)), "files": files}
 
 
@@ -173,8 +160,9 @@ def folder_lock(folder: str | Path, what: str = "run folder", *, wait: bool = Fa
 
 
 def replace_previous(folder: Path) -> None:
-    """Move what ``folder`` holds (the run being replaced) into ``folder/.previous``, the lock excepted. If ``.previous`` already holds a run (a replacement that never finished), that older run stays
-    and the unfinished replacement's files are deleted instead."""
+    """Move what ``folder`` holds (the run being replaced) into ``folder/.previous``, the lock excepted. If
+    ``.previous`` already holds a run (a replacement that never finished), that older run stays and the unfinished
+    replacement's files are deleted instead."""
     previous = folder / PREVIOUS_DIR
     keep_older = previous.exists()
     previous.mkdir(exist_ok=True)
