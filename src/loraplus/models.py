@@ -290,11 +290,8 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     gguf = package_folder(import_name, requirement) / filename
     folder = Path(cache_dir).expanduser() if cache_dir is not None else io_cache_dir(name)
     stamp = {"gguf": filename, "bytes": gguf.stat().st_size, "requirement": requirement}
-    try:
-        if json.loads((folder / _GGUF_STAMP).read_text()) == stamp:
-            return str(folder)
-    except (OSError, ValueError):  # no folder, no stamp or a broken one: convert
-        pass
+    if _converted(folder, stamp):
+        return str(folder)
     if importlib.util.find_spec("gguf") is None:
         raise ModuleNotFoundError(
             f"converting the GGUF built-in {name!r} needs the PyPI package gguf: pip install gguf", name="gguf"
@@ -306,15 +303,22 @@ def gguf_model_folder(name: str, cache_dir: str | Path | None = None) -> str:
     from .runfolder import folder_lock
 
     with folder_lock(folder.parent, f"the cache entry {folder.name}", wait=True, name=f".{folder.name}.lock"):
-        try:  # another process may have converted it while this one waited
-            if json.loads((folder / _GGUF_STAMP).read_text()) == stamp:
-                return str(folder)
-        except (OSError, ValueError):
-            pass
+        if _converted(folder, stamp):  # another process converted it while this one waited
+            return str(folder)
         with atomic_dir(folder) as tmp:
             _convert_gguf(gguf, tmp)
             (tmp / _GGUF_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
     return str(folder)
+
+
+def _converted(folder: Path, stamp: dict) -> bool:
+    """``folder`` holds a conversion whose stamp is ``stamp`` (no folder, no stamp or a broken one: False)."""
+    import json
+
+    try:
+        return json.loads((folder / _GGUF_STAMP).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
