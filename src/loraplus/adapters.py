@@ -142,7 +142,8 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     # batch_size only gates "at least one training batch"; other data is scored whole (limits after concatenation)
     limits = {"max_train_samples": None, "max_eval_samples": None} if other else {}
     cfg = TrainConfig(**{**run.config.to_dict(), **changes, "batch_size": 1, **limits})
-    if other and run.labels is not None:  # every row, any subset of the head's classes
+    whole_file = other and run.labels is not None  # every row in "test", any subset of the head's classes
+    if whole_file:
         data = load_for_evaluation(cfg.dataset, run.labels, text_column=cfg.text_column, label_column=cfg.label_column)
     else:
         data = get_task(cfg.task).load_data(cfg)
@@ -154,8 +155,7 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
                                               loraplus=cfg.loraplus(1.0))  # fmt: skip  # no optimizer is built
         examples = tokenized[cmd.split]
         if other:
-            whole = run.labels is not None  # load_for_evaluation put every row in test
-            examples = tokenized["test"] if whole else datasets.concatenate_datasets(
+            examples = tokenized["test"] if whole_file else datasets.concatenate_datasets(
                 [tokenized[name] for name in ("train", "validation", "test")])
             examples = examples.select(range(min(cmd.max_eval_samples or len(examples), len(examples))))
         raw = trainer.evaluate(examples, metric_key_prefix=split)

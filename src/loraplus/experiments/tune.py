@@ -25,6 +25,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -197,11 +198,9 @@ def _study(cfg: TuneConfig, create: bool = True):
         direction = "minimize" if cfg.metric in LOWER_IS_BETTER else "maximize"
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction=direction, sampler=sampler,
                                     pruner=pruner, load_if_exists=True)  # fmt: skip
-    except (ImportError, ValueError, OSError, RuntimeError) as err:
-        raise ValueError(f"the Optuna storage {url!r} cannot be opened ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:300]})") from None  # fmt: skip
     except Exception as err:  # SQLAlchemy's errors (a bad URL, an unreachable server) share no stdlib base
-        if type(err).__module__.split(".")[0] != "sqlalchemy":
+        opening = isinstance(err, (ImportError, ValueError, OSError, RuntimeError))
+        if not opening and type(err).__module__.split(".")[0] != "sqlalchemy":
             raise
         raise ValueError(f"the Optuna storage {url!r} cannot be opened ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:300]})") from None  # fmt: skip
@@ -375,9 +374,7 @@ def _write_outputs(cfg: TuneConfig, study, rows: list[dict], final: TrainConfig,
     out = Path(cfg.output_dir)
     reused = Path(final.output_dir).parent.name == "trials"  # the best trial itself, not a run of its own
     steps_used = sum(r["steps"] or 0 for r in rows) + (0 if reused else metrics["train"]["steps"])
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    counts = dict(Counter(row["state"] for row in rows))
     summary = {
         "best": {"trial": best.number, "lr_A": best.params["lr_A"], "ratio": best.user_attrs["ratio"],
                  "validation": metrics["validation"].get(cfg.metric), "test": metrics["test"].get(cfg.metric),
