@@ -23,6 +23,8 @@ from .runs import RunFolder, adapter_tokenizer, find_run
 from .tasks import TASKS, get_task, task_for_peft_type
 from .train import build_trainer, metrics_text, split_metrics
 
+_COLUMNS = ("text_column", "label_column", "text_pair_column")  # the data columns a run records
+
 __all__ = ["EvaluateCommand", "MergeCommand", "evaluate_adapter", "merge_adapter"]
 
 logger = logging.getLogger("loraplus")
@@ -44,6 +46,7 @@ class EvaluateCommand:
                                "default: the run's own split)")
     text_column: str | None = _opt(None, "text column of a file dataset (default: the run's)")
     label_column: str | None = _opt(None, "label column of a file dataset (default: the run's)")
+    text_pair_column: str | None = _opt(None, "second text column of a file dataset (default: the run's)")
     max_eval_samples: int | None = _opt(None, "evaluate the first N examples (default: the run's limit; other data: all)")
     eval_batch_size: int | None = _opt(None, "evaluation batch size (default: the run's)")
     base_model: str | None = _opt(None, "base model folder or hub id (default: the one the run recorded)")
@@ -107,7 +110,7 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     The split is rebuilt from the run's dataset, fractions and seed, so ``split="test"`` reproduces the test
     metrics that ``loraplus train`` wrote to ``metrics.json`` (same numbers; tested); a run whose data file changed
     since training is refused. ``dataset`` naming the run's own file (however the path is spelt) is the run's data.
-    Other data (``dataset``, ``text_column`` or ``label_column`` differing from the run's) is scored whole after
+    Other data (``dataset``, ``text_column``, ``label_column`` or ``text_pair_column`` differing from the run's) is scored whole after
     deduplication (``split`` is then ``"all"``), any number of rows, its labels any subset of the run's classes
     (``classes_present`` lists them), cut to ``max_eval_samples`` if given.
 
@@ -132,10 +135,10 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
             f"{str(run.adapter)!r} has no run config.json beside it: `loraplus evaluate` needs a run folder of "
             "`loraplus train` (task, labels and data split come from it)"
         )
-    changes = {k: getattr(cmd, k) for k in ("dataset", "text_column", "label_column", "max_eval_samples",
+    changes = {k: getattr(cmd, k) for k in ("dataset", *_COLUMNS, "max_eval_samples",
                                             "eval_batch_size") if getattr(cmd, k) is not None}  # fmt: skip
     other = not _same_source(changes.get("dataset", run.config.dataset), run.config.dataset) or any(
-        changes.get(k, getattr(run.config, k)) != getattr(run.config, k) for k in ("text_column", "label_column"))
+        changes.get(k, getattr(run.config, k)) != getattr(run.config, k) for k in _COLUMNS)
     if not other:
         changes.pop("dataset", None)  # the run's own file, however it was spelt
         _check_unchanged(run)
@@ -144,7 +147,7 @@ def evaluate_adapter(cmd: EvaluateCommand) -> dict:
     cfg = TrainConfig(**{**run.config.to_dict(), **changes, "batch_size": 1, **limits})
     whole_file = other and run.labels is not None  # every row in "test", any subset of the head's classes
     if whole_file:
-        data = load_for_evaluation(cfg.dataset, run.labels, text_column=cfg.text_column, label_column=cfg.label_column)
+        data = load_for_evaluation(cfg.dataset, run.labels, **{k: getattr(cfg, k) for k in _COLUMNS})
     else:
         data = get_task(cfg.task).load_data(cfg)
     if run.labels is not None and list(data.label_names) != run.labels:

@@ -36,13 +36,15 @@ class TrainConfig:
                      "(instruction tuning on instruction/chat data with TRL)")
     model: str | None = _opt(None, "built-in model name, a local model folder, or a hub id "
                              "(default: minilm-l6 for classification, smollm2-135m for causal-lm)")
-    dataset: str | None = _opt(None, "built-in dataset (bbc-news, sms-spam; natural-instructions for sft), a "
+    dataset: str | None = _opt(None, "built-in dataset (bbc-news, sms-spam, rotten-tomatoes, multiemo, vitaminc; natural-instructions for sft), a "
                                "csv/tsv/json/jsonl/parquet file, or a hub id (default: bbc-news; sft: natural-instructions)")
     output_dir: str = _opt("runs/train", "run folder: adapter, metrics.json, config.json, log_history.json, checkpoints")
     overwrite: bool = _opt(False, "replace a finished (or unfinished) run in output_dir")
     resume: bool = _opt(False, "continue an unfinished run from the last checkpoint in output_dir")
     text_column: str | None = _opt(None, "text column of a file/hub dataset (default: 'text')")
     label_column: str | None = _opt(None, "label column of a file/hub dataset (default: 'label')")
+    text_pair_column: str | None = _opt(None, "second text column of sentence-pair data, encoded as the tokenizer's "
+                                        "pair (default: none; vitaminc: its claim)")
     learning_rate: float | None = _opt(None, "lr_A: lr of the lora_A factors and of the classification head "
                                        "(default: 1e-3; sft: 2e-4)")
     loraplus_lr_ratio: float | str = _opt(DEFAULT_LORAPLUS_LR_RATIO, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = the "

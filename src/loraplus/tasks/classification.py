@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_classification_data, map_cached
+from ..data import PAIR_COLUMN, load_classification_data, map_cached
 from ..models import load_sequence_classifier
 from .base import BaseTask, TrainerParts, limit_samples
 
@@ -28,7 +28,7 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 def load_labelled_data(cfg):
     """The ``ClassificationData`` of ``cfg`` (dataset, columns, fractions, seed): shared by the label tasks."""
     return load_classification_data(
-        cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column,
+        cfg.dataset, text_column=cfg.text_column, label_column=cfg.label_column, text_pair_column=cfg.text_pair_column,
         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
     )  # fmt: skip
 
@@ -55,12 +55,14 @@ class ClassificationTask(BaseTask):
 
         max_length = cfg.max_length
 
-        def encode(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=max_length)
+        def encode(batch):  # a pair: the tokenizer's pair encoding, truncated longest first
+            return tokenizer(batch["text"], batch.get("text_pair"), truncation=True, max_length=max_length)
 
+        splits = limit_samples(data.splits, cfg)
+        text_columns = [c for c in ("text", PAIR_COLUMN) if c in splits["train"].column_names]
         tokenized = map_cached(
-            limit_samples(data.splits, cfg), encode, tokenizer=tokenizer, key=f"classification max_length={max_length}",
-            desc="tokenizing", remove_columns=["text"],
+            splits, encode, tokenizer=tokenizer, key=f"classification max_length={max_length}",
+            desc="tokenizing", remove_columns=text_columns,
         )  # fmt: skip
         parts = TrainerParts(DataCollatorWithPadding(tokenizer), compute_metrics)
         return tokenized, parts
