@@ -56,7 +56,7 @@ class TrainConfig:
     r: int = _opt(8, "LoRA rank")
     lora_alpha: float = _opt(16.0, "LoRA scale numerator: update = lora_alpha / r · B A x")
     lora_dropout: float = _opt(0.1, "dropout on the LoRA input, in [0, 1)")
-    target_modules: tuple[str, ...] | None = _opt(None, "comma-separated module names (default: PEFT's per architecture)")
+    target_modules: tuple[str, ...] | None = _opt(None, "comma-separated module names, or all-linear (every linear layer but the head; default: PEFT's per architecture)")
     use_rslora: bool = _opt(False, "rank-stabilised LoRA scale lora_alpha / sqrt(r)")
     use_dora: bool = _opt(False, "DoRA (weight-decomposed LoRA)")
     epochs: float = _opt(1.0, "passes over the training split")

@@ -40,6 +40,7 @@ BUILTIN_MODELS: dict[str, tuple[str, str, str, str]] = {
     ),
 }
 
+ALL_LINEAR = ("all-linear",)  # target_modules meaning every linear layer except the output head (PEFT)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -118,7 +119,8 @@ class LoraOptions:
         lora_alpha: scale numerator (> 0); the update is ``(lora_alpha / r) · B A x``
             (``lora_alpha / sqrt(r)`` with ``use_rslora``). Default 16.
         lora_dropout: dropout on the LoRA input, in [0, 1). Default 0.1.
-        target_modules: module names to adapt; ``None`` uses PEFT's default for the architecture
+        target_modules: module names to adapt, or ``("all-linear",)`` for every linear layer but the output head
+            (PEFT's ``"all-linear"``); ``None`` uses PEFT's default for the architecture
             (BERT: query, value).
         use_rslora: rank-stabilised scale. use_dora: weight-decomposed LoRA (adds a magnitude vector).
     """
@@ -173,14 +175,18 @@ def apply_lora(model, options: LoraOptions, task_type: str = "SEQ_CLS"):
     """
     from peft import LoraConfig, get_peft_model
 
-    if options.target_modules is not None:
-        check_target_modules(model, options.target_modules)
+    targets = options.target_modules
+    if targets == ALL_LINEAR:
+        targets = ALL_LINEAR[0]  # PEFT's own value: every linear layer but the output head
+    elif targets is not None:
+        check_target_modules(model, targets)
+        targets = list(targets)
     config = LoraConfig(
         task_type=task_type,
         r=options.r,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
-        target_modules=list(options.target_modules) if options.target_modules else None,
+        target_modules=targets,
         use_rslora=options.use_rslora,
         use_dora=options.use_dora,
     )
