@@ -22,5 +22,15 @@ curve_vitaminc() {
         --output-dir experiments/curve-vitaminc
 }
 
-if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc; fi
+# The primary harder task (multiemo: vitaminc stays at the majority class, see its curve), minilm-l6: lr_A x lr_B
+# with the head's lr held at 1e-3 in every cell (--loraplus-lr-other), so a large lr_A no longer helps the head;
+# 250 steps, validation on 1,000 rows at the end.
+sweep_multiemo() {
+    $LP sweep --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
+        --max-eval-samples 1000 --eval-steps 250 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --lr-a-min 3e-4 --lr-a-max 3e-3 --lr-a-points 3 --lr-b-min 3e-4 --lr-b-max 3e-2 --lr-b-points 5 \
+        --seeds 0 --output-dir experiments/sweep-multiemo
+}
+
+if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo; fi
 for step in "$@"; do "$step"; done

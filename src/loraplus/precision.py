@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ATTENTION", "DEVICES", "RunHardware", "resolve_hardware"]
+__all__ = ["ATTENTION", "DEVICES", "RunHardware", "from_pretrained", "resolve_hardware"]
 
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -44,6 +44,24 @@ class RunHardware:
             )  # fmt: skip
             kwargs["device_map"] = {"": 0}
         return kwargs
+
+
+def from_pretrained(auto_class, path: str, hardware: RunHardware | None, **kwargs):
+    """``auto_class.from_pretrained(path, **kwargs)`` with ``hardware``'s attention and quantization.
+
+    An architecture without an sdpa attention (MPNet, in transformers 5) is loaded with ``"eager"`` when sdpa was
+    asked for (the default), with a warning; any other attention it lacks is an error.
+    """
+    import logging
+
+    extra = hardware.from_pretrained_kwargs() if hardware is not None else {}
+    try:
+        return auto_class.from_pretrained(path, **kwargs, **extra)
+    except ValueError as err:
+        if extra.get("attn_implementation") != "sdpa" or "scaled_dot_product_attention" not in str(err):
+            raise
+    logging.getLogger("loraplus").warning("%s has no sdpa attention in this transformers; using eager attention", path)
+    return auto_class.from_pretrained(path, **kwargs, **{**extra, "attn_implementation": "eager"})
 
 
 def resolve_hardware(cfg) -> RunHardware:

@@ -73,9 +73,11 @@ def load_causal_lm(path: str, *, trust_remote_code: bool = False, hardware=None)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..precision import from_pretrained
+
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                                 **(hardware.from_pretrained_kwargs() if hardware is not None else {}))
+    model = from_pretrained(AutoModelForCausalLM, path, hardware, dtype=torch.float32,
+                            trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {path!r} has no EOS token: the answer could not end")
     if tokenizer.pad_token is None:
