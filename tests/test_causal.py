@@ -75,6 +75,19 @@ def test_tokenize_causal_keeps_only_model_columns_and_checks_length():
         tokenize_causal(splits, tok, fmt, fmt.min_length() - 1)
 
 
+def test_tokenize_causal_joins_a_sentence_pair_on_two_lines():
+    import datasets
+
+    tok = make_tokenizer()
+    fmt = answer_format(tok, ["money", "sport", "tech"])
+    paired = {"text": ["goal win"], "text_pair": ["bank tax"], "label": [1]}
+    joined = {"text": ["goal win\nbank tax"], "label": [1]}
+    out = {name: tokenize_causal(datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}), tok, fmt, 32)
+           for name, rows in (("paired", paired), ("joined", joined))}  # fmt: skip
+    assert out["paired"]["train"].column_names == ["input_ids", "attention_mask", "labels"]
+    assert out["paired"]["train"][0] == out["joined"]["train"][0]
+
+
 def test_labels_sharing_a_first_token_drop_the_choice():
     tok = make_tokenizer(extra_words=["not"])
     fmt = answer_format(tok, ["not money", "not sport"])
