@@ -401,6 +401,9 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
     callbacks = [NonFiniteLossCallback(), FileModeCallback(), *reporting_callbacks(cfg, out), *callbacks]
     trainer, tokenizer, tokenized = build_trainer(cfg, path, out, data, callbacks, loraplus=loraplus, hardware=hardware)
     sizes = {name: len(split) for name, split in tokenized.items()}
+    used = getattr(getattr(trainer.model, "config", None), "_attn_implementation", None)  # eager where sdpa is missing
+    if isinstance(used, str) and used != hardware.attn_implementation:
+        hardware = dataclasses.replace(hardware, attn_implementation=used)
     trainer.loraplus_hardware = _hardware_summary(cfg, hardware, trainer.args.world_size, sizes["train"])
     labels = getattr(data, "label_names", None)
     logger.info("data %s: %s%s", data.source, sizes, f", {len(labels)} classes" if labels else "")
