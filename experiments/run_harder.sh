@@ -32,5 +32,13 @@ sweep_multiemo() {
         --seeds 0 --output-dir experiments/sweep-multiemo
 }
 
-if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo; fi
+# The untuned user's view: LoRA and LoRA+ (λ 16) at the learning rates the anchors' examples use, defaults
+# otherwise (the head at lr_A), 250 steps, one seed (each run is kept under runs/<method>/).
+untuned_multiemo() {
+    $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
+        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --methods lora,loraplus --lrs 5e-5,1e-4,2e-4 \
+        --seeds 0 --loraplus-lr-ratio 16 --jobs 1 --output-dir experiments/untuned-multiemo
+}
+
+if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo untuned_multiemo; fi
 for step in "$@"; do "$step"; done
