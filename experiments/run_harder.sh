@@ -36,8 +36,8 @@ sweep_multiemo() {
 # otherwise (the head at lr_A), 250 steps, one seed (each run is kept under runs/<method>/).
 untuned_multiemo() {
     $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
-        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --methods lora,loraplus --lrs 5e-5,1e-4,2e-4 \
-        --seeds 0 --loraplus-lr-ratio 16 --jobs 1 --output-dir experiments/untuned-multiemo
+        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --methods lora,loraplus --lrs 1e-4,2e-4 \
+        --seeds 0 --loraplus-lr-ratio 16 --output-dir experiments/untuned-multiemo
 }
 
 if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo untuned_multiemo; fi
