@@ -32,13 +32,35 @@ sweep_multiemo() {
         --seeds 0 --output-dir experiments/sweep-multiemo
 }
 
-# The untuned user's view: LoRA and LoRA+ (λ 16) at the learning rates the anchors' examples use, defaults
-# otherwise (the head at lr_A), 250 steps, one seed (each run is kept under runs/<method>/).
-untuned_multiemo() {
+# The tuned comparison on multiemo, minilm-l6: LoRA and LoRA+ (λ 16), each lr_A tuned on a factor-2 grid that
+# spans LoRA's optimum (the sweep: 9.5e-4 good, 3e-3 fails at ratio 1) and LoRA+'s (lr_B = 16 lr_A <= 3e-3), the
+# head's lr held at 1e-3 for both, then 3 seeds at each method's lr; validation every 50 steps (steps-to-target).
+compare_multiemo() {
     $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
-        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --methods lora,loraplus --lrs 1e-4,2e-4 \
-        --seeds 0 --loraplus-lr-ratio 16 --output-dir experiments/untuned-multiemo
+        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --methods lora,loraplus --lrs 1.25e-4,2.5e-4,5e-4,1e-3,2e-3 --seeds 0,1,2 --loraplus-lr-ratio 16 \
+        --output-dir experiments/compare-multiemo
 }
 
-if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo untuned_multiemo; fi
+# The untuned user's view: LoRA and LoRA+ (λ 16) at each learning rate the anchors' examples use (5e-5, 1e-4,
+# 2e-4), 3 seeds each, defaults otherwise (the head at lr_A), 250 steps; one comparison folder per lr, so that
+# each lr is run at every seed (a comparison with one lr has nothing to tune).
+untuned_multiemo() {
+    for lr in 5e-5 1e-4 2e-4; do
+        $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
+            --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --methods lora,loraplus --lrs "$lr" \
+            --seeds 0,1,2 --loraplus-lr-ratio 16 --output-dir "experiments/untuned-multiemo-lr$lr"
+    done
+}
+
+# A second harder task on minilm-l6: rotten-tomatoes (SST-2-like snippets) at 64 tokens, the same tuned
+# comparison as multiemo (head at 1e-3, factor-2 lr grid, 3 seeds).
+compare_rotten() {
+    $LP compare --model minilm-l6 --dataset rotten-tomatoes --max-length 64 --max-steps 250 --batch-size 16 \
+        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --methods lora,loraplus --lrs 1.25e-4,2.5e-4,5e-4,1e-3,2e-3 --seeds 0,1,2 --loraplus-lr-ratio 16 \
+        --output-dir experiments/compare-rotten
+}
+
+if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo compare_multiemo untuned_multiemo compare_rotten; fi
 for step in "$@"; do "$step"; done
