@@ -43,22 +43,23 @@ compare_multiemo() {
 }
 
 # The untuned user's view: LoRA and LoRA+ (λ 16) at each learning rate the anchors' examples use (5e-5, 1e-4,
-# 2e-4), 3 seeds each, defaults otherwise (the head at lr_A), 250 steps; one comparison folder per lr, so that
-# each lr is run at every seed (a comparison with one lr has nothing to tune).
+# 2e-4), 3 seeds each, defaults otherwise (the head at lr_A), 250 steps, validation at 125 and 250 (the final
+# metric is the point; evaluations of 1,000 rows cost about as much as the training); one comparison folder per
+# lr, so that each lr is run at every seed (a comparison with one lr has nothing to tune).
 untuned_multiemo() {
     for lr in 5e-5 1e-4 2e-4; do
         $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
-            --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --methods lora,loraplus --lrs "$lr" \
+            --max-eval-samples 1000 --eval-steps 125 --logging-steps 50 --methods lora,loraplus --lrs "$lr" \
             --seeds 0,1,2 --loraplus-lr-ratio 16 --output-dir "experiments/untuned-multiemo-lr$lr"
     done
 }
 
-# A second harder task on minilm-l6: rotten-tomatoes (SST-2-like snippets) at 64 tokens, the same tuned
-# comparison as multiemo (head at 1e-3, factor-2 lr grid, 3 seeds).
+# A second harder task on minilm-l6: rotten-tomatoes (SST-2-like snippets) at 48 tokens, the same tuned
+# comparison as multiemo with a coarser grid (head at 1e-3, factor-4 lr grid, 3 seeds, validation every 125).
 compare_rotten() {
-    $LP compare --model minilm-l6 --dataset rotten-tomatoes --max-length 64 --max-steps 250 --batch-size 16 \
-        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --loraplus-lr-other 1e-3 \
-        --methods lora,loraplus --lrs 1.25e-4,2.5e-4,5e-4,1e-3,2e-3 --seeds 0,1,2 --loraplus-lr-ratio 16 \
+    $LP compare --model minilm-l6 --dataset rotten-tomatoes --max-length 48 --max-steps 250 --batch-size 16 \
+        --max-eval-samples 1000 --eval-steps 125 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --methods lora,loraplus --lrs 1.25e-4,5e-4,2e-3 --seeds 0,1,2 --loraplus-lr-ratio 16 \
         --output-dir experiments/compare-rotten
 }
 

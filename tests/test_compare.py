@@ -2,6 +2,7 @@
 
 import json
 
+import optuna
 import pytest
 
 from loraplus.experiments.compare import METHODS, CompareConfig, run_compare, steps_to_target
@@ -44,6 +45,12 @@ def test_compare_tunes_each_method_and_writes_summary(tiny_bert_dir, tiny_csv, t
     assert head["other"] == pytest.approx(8 * lr) and head["lora_B"] == pytest.approx(8 * lr)
     plain = group_lrs(out / "runs" / "lora" / f"lr{methods['lora']['lr']:.3g}_seed0")
     assert plain["other"] == plain["lora_B"] == pytest.approx(methods["lora"]["lr"])
+    storage = f"sqlite:///{out / 'study.db'}"  # one Optuna study per method: 2 tuning runs + the other seed
+    studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert studies == {f"compare-{m}": 3 for m in cfg.methods}
+    runs = optuna.load_study(study_name="compare-lora", storage=storage).trials
+    assert sorted(t.user_attrs["run"] for t in runs) == sorted(
+        ["lora/lr0.001_seed0", "lora/lr0.004_seed0", f"lora/lr{methods['lora']['lr']:.3g}_seed1"])  # fmt: skip
 
 
 def test_steps_to_target_is_the_first_evaluation_reaching_it():

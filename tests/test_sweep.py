@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import optuna
 import pytest
 
 from loraplus.experiments.sweep import SweepConfig, run_sweep, summarize_grid
@@ -32,8 +33,11 @@ def test_sweep_runs_every_cell_writes_results_and_resumes(tiny_bert_dir, tiny_cs
     lrs = {row.split()[0]: float(row.split()[3]) for row in groups[1:]}
     assert lrs["lora_A"] == pytest.approx(1e-3) and lrs["lora_B"] == pytest.approx(1.6e-2)
     stamp = (cell / "metrics.json").stat().st_mtime_ns
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+    assert sorted(t.user_attrs["run"] for t in study.trials) == sorted(f"cells/{c.name}" for c in (tmp_path / "sweep" / "cells").iterdir() if c.is_dir())
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # cells are trials of one grid study
     again = run_sweep(cfg, progress=False)  # every cell finished: nothing reruns
-    assert (cell / "metrics.json").stat().st_mtime_ns == stamp
+    assert (cell / "metrics.json").stat().st_mtime_ns == stamp and len(study.get_trials()) == 4
     assert again["best"] == summary["best"]
 
 

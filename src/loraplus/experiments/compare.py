@@ -1,8 +1,9 @@
 """``loraplus compare``: LoRA, LoRA+ and PEFT's other answers to the A/B imbalance, each with its own tuned lr.
 
 Stage 1 tunes: every method runs once per lr of a shared grid (seed ``tune_seed``); the lr with the best final
-validation metric wins. Stage 2 runs each method at its lr for every seed. Every run is a resumable run folder
-(``runs/<method>/lr<lr>_seed<s>``). Outputs: ``results/<method>_seed<s>.json`` (resolved config, seed, metric at
+validation metric wins. Stage 2 runs each method at its lr for every seed. Every run is a trial of its method's
+Optuna study (``compare-<method>``, on a grid sampler, in ``OUT/study.db`` or the ``storage`` given) and a
+resumable run folder (``runs/<method>/lr<lr>_seed<s>``). Outputs: ``results/<method>_seed<s>.json`` (resolved config, seed, metric at
 every evaluation, wall time, package versions), ``summary.md`` (mean ± std of the final test metric,
 steps-to-target and speed-up over LoRA), ``summary.json``, and the curves ``metric.png`` and ``train_loss.png``.
 
@@ -12,7 +13,6 @@ takes lr_B = λ · lr, and ``lorafa`` where PEFT's optimizer gives every trainab
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +22,7 @@ import numpy as np
 from ..config import AUTO, TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
 from .runner import RunSpec, experiment_folder, run_all, run_config
+from .studies import storage_option
 
 __all__ = ["METHODS", "CompareConfig", "run_compare", "steps_to_target"]
 
@@ -58,6 +59,7 @@ class CompareConfig(TrainConfig):
     metric: str = _opt("accuracy", "metric: accuracy or macro_f1 (higher is better), or loss")
     target_fraction: float = _opt(0.99, "steps-to-target: first evaluation reaching this share of LoRA's final metric")
     jobs: int = _opt(2, "runs at once (each gets cpu_count / jobs threads)")
+    storage: str | None = storage_option()
 
     def __post_init__(self) -> None:
         check_not_set_by_experiment(self)  # before the task fills in its defaults
@@ -99,7 +101,12 @@ class CompareConfig(TrainConfig):
 
 
 def _spec(cfg: CompareConfig, method: str, lr: float, seed: int) -> RunSpec:
-    return RunSpec(cfg.run_config(method, lr, seed), {"method": method, "lr": lr, "seed": seed})
+    return RunSpec(cfg.run_config(method, lr, seed), {"method": method, "lr": lr, "seed": seed}, study=f"compare-{method}")
+
+
+def _run(cfg: CompareConfig, specs: list[RunSpec], progress: bool) -> list[dict]:
+    return run_all(specs, storage=cfg.storage, folder=cfg.output_dir, metric=cfg.metric, jobs=cfg.jobs,
+                   progress=progress, overwrite=cfg.overwrite)  # fmt: skip
 
 
 def _score(row: dict, metric: str) -> float:
@@ -111,7 +118,7 @@ def tune(cfg: CompareConfig, progress: bool) -> dict[str, float]:
     """Stage 1: ``{method: best lr}`` by final validation metric at ``tune_seed``."""
     lrs = [float(x) for x in cfg.lrs]
     specs = [_spec(cfg, m, lr, cfg.tune_seed) for m in cfg.methods for lr in lrs]
-    rows = run_all(specs, jobs=cfg.jobs, progress=progress, overwrite=cfg.overwrite)
+    rows = _run(cfg, specs, progress)
     best = {}
     for method in cfg.methods:
         scores = [_score(r, cfg.metric) for r in rows if r["method"] == method]
@@ -221,8 +228,7 @@ def _write_results(rows: list[dict], cfg: CompareConfig) -> None:
     for row in rows:
         if row["status"] != "done":
             continue
-        run_dir = Path(cfg.run_config(row["method"], row["lr"], row["seed"]).output_dir)
-        resolved = json.loads((run_dir / "config.json").read_text())
+        resolved = row["record"]  # the run's config.json, kept in its trial (the run may be another machine's)
         atomic_write_json(Path(cfg.output_dir) / "results" / f"{row['method']}_seed{row['seed']}.json", {
             "method": row["method"], "seed": row["seed"], "lr": row["lr"], "config": resolved["config"],
             "versions": resolved["versions"], "parameter_groups": resolved["parameter_groups"],
@@ -240,7 +246,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True) -> dict:
 def _run_compare(cfg: CompareConfig, progress: bool) -> dict:
     best_lr = tune(cfg, progress)
     specs = [_spec(cfg, m, best_lr[m], int(s)) for m in cfg.methods for s in cfg.seeds]
-    rows = run_all(specs, jobs=cfg.jobs, progress=progress, overwrite=cfg.overwrite)
+    rows = _run(cfg, specs, progress)
     summary = summarize(rows, cfg, best_lr)
     out = Path(cfg.output_dir)
     _write_results(rows, cfg)

@@ -7,12 +7,17 @@ written to ``<run>/run.yaml`` (which ``loraplus train --config`` also accepts) a
 then carries that message, not only an exit code. Processes of their own keep runs isolated (a crash or a
 memory leak ends one run) and let ``jobs`` of them run in parallel.
 
-Each run is a run folder that records what it is (``runfolder``). A finished run (``metrics.json``) whose
-options and data are those of its spec is done and is never run again, so a killed sweep or comparison resumes
-where it stopped and no finished run is lost; a run folder holding another run (other options, steps, dataset or
-data file) is refused before anything runs, naming what differs, unless the experiment's ``overwrite`` is set
-(those runs are then run again). Runs that were cut short are started over. With ``jobs`` runs at once each
-gets ``cpu_count // jobs`` threads, so the machine's cores stay busy without oversubscription.
+The runs of an experiment are trials of Optuna studies (``run_all``: one study per ``RunSpec.study``, e.g. one
+per method of a comparison), scheduled by Optuna's grid sampler over the runs still to do and recorded in the
+experiment's storage (``study.db``, or a shared storage URL so that workers on several machines split one
+experiment): the runner, the records and the resume mechanism of ``sweep``, ``compare`` and ``tune`` are one.
+Each run is also a run folder that records what it is (``runfolder``). A run whose study holds a finished trial
+of its options and data, or whose folder holds a finished run of them (``metrics.json``), is done and never run
+again, so a killed sweep or comparison resumes where it stopped and no finished run is lost; a run folder or
+trial holding another run (other options, steps, dataset or data file) is refused before anything runs, naming
+what differs, unless the experiment's ``overwrite`` is set (those runs are then run again). Runs that failed
+or were cut short are started over. With ``jobs`` runs at once each gets ``cpu_count // jobs`` threads, so the
+machine's cores stay busy without oversubscription.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +43,9 @@ from ..io import atomic_write_json, atomic_write_text
 from ..runfolder import differences, folder_lock, identity_of, read_identity
 from ..tasks import get_task
 from ..train import run_train
+from .studies import open_storage, open_study, storage_url, worker_seed
 
-__all__ = ["RunSpec", "experiment_folder", "read_run_config", "run_all", "run_config", "run_isolated", "stale_runs",
+__all__ = ["RunFailed", "RunSpec", "experiment_folder", "read_run_config", "run_all", "run_config", "run_isolated", "stale_runs",
            "write_run_config"]
 
 
@@ -66,10 +75,12 @@ def run_config(options, **overrides) -> TrainConfig:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a validated ``TrainConfig`` (its ``output_dir`` is the run folder) and a row of labels."""
+    """One run: a validated ``TrainConfig`` (its ``output_dir`` is the run folder), a row of labels, and the
+    Optuna study the run is a trial of."""
 
     config: TrainConfig
     labels: dict
+    study: str = "runs"
 
 
 def write_run_config(cfg: TrainConfig, path: Path, drop: tuple[str, ...] = (), **overrides) -> None:
@@ -145,6 +156,8 @@ def _read_result(out: Path) -> dict:
     row["steps"] = metrics["train"]["steps"]
     row["seconds"] = metrics["wall_time_s"]
     row["curve"] = evaluation_curve(history)
+    resolved = json.loads((out / "config.json").read_text())
+    row["record"] = {k: resolved[k] for k in ("config", "versions", "parameter_groups") if k in resolved}
     return row
 
 
@@ -165,44 +178,202 @@ def evaluation_curve(history: list[dict]) -> list[dict]:
     return curve
 
 
-def run_all(specs: list[RunSpec], *, jobs: int = 2, progress: bool = True, overwrite: bool = False) -> list[dict]:
-    """Run every spec (``jobs`` at a time) and return one row per spec, in order.
+def run_all(specs: list[RunSpec], *, storage: str | None, folder: str | Path, metric: str, jobs: int = 2,
+            progress: bool = True, overwrite: bool = False) -> list[dict]:
+    """Run every spec as a trial of its Optuna study (``spec.study``, on a grid of the runs still to do), ``jobs``
+    at a time, and return one row per spec, in order.
 
-    A run folder holding a run of other options or data is refused (before any run starts), or with
-    ``overwrite`` run again; a finished run of the spec's own options is reused.
+    ``storage``: an Optuna storage URL, or ``None`` for ``folder/study.db`` (this process, holding ``folder``'s
+    lock, is then the only worker: a trial left running by a killed process is marked failed and run again).
+    With a storage given, other workers may share the studies: a run another worker is running is left to it
+    (its row says so) and the grid sampler hands each worker runs the others have not started.
 
-    A row holds the spec's labels, ``status`` ("done" or "failed ..."), and for done runs ``validation_*`` and
-    ``test_*`` metrics, ``train_loss``, ``steps``, ``seconds`` and the evaluation ``curve``.
+    A run whose study holds a finished trial of the spec's own options and data is reused, as is a finished run
+    folder; failed and interrupted runs are run again. A run folder or finished trial of other options or data
+    is refused (before any run starts), or with ``overwrite`` run again. A row holds the spec's labels,
+    ``status`` ("done", "failed: ..." or "running in another worker ..."), and for done runs ``validation_*``
+    and ``test_*`` metrics, ``train_loss``, ``steps``, ``seconds``, the evaluation ``curve`` and the run's
+    ``record`` (its resolved config, package versions and parameter groups).
 
     Raises:
-        ValueError: ``jobs`` < 1, two specs share a run folder, or a folder holds another run (without
-            ``overwrite``; the message names the folder and the differing options).
+        ValueError: ``jobs`` < 1, two specs share a run folder, a folder or trial holds another run (without
+            ``overwrite``; the message names the folder and the differing options), or the storage cannot be
+            opened.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     folders = [str(Path(spec.config.output_dir)) for spec in specs]
     if len(set(folders)) != len(folders):
         raise ValueError("two runs share one output folder")
-    stale = stale_runs(specs)
+    grid = _Grid(specs, storage_url(folder, storage), shared=storage is not None, metric=metric)
+    stale = {**grid.stale_trials(), **stale_runs(specs)}
     if stale and not overwrite:
-        folder, changed = next(iter(stale.items()))
-        raise ValueError(f"{len(stale)} run folder(s) hold runs of other options or data, e.g. {folder!r} "
+        where, changed = next(iter(stale.items()))
+        raise ValueError(f"{len(stale)} run folder(s) hold runs of other options or data, e.g. {where!r} "
                          f"({'; '.join(changed)}); pass --overwrite to run them again, or choose another "
                          "--output-dir")  # fmt: skip
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    done = sum((Path(f) / "metrics.json").exists() and f not in stale for f in folders)
-    bar = tqdm(total=len(specs), initial=0, desc=f"runs ({done} already done)", disable=not progress)
-    rows: list[dict] = [{}] * len(specs)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_run_one, spec, threads, str(Path(spec.config.output_dir)) in stale): i
-                   for i, spec in enumerate(specs)}  # fmt: skip
-        for future in futures:
-            rows[futures[future]] = future.result()
-            bar.update(1)
-    bar.close()
-    return rows
+    grid.run(stale, jobs=jobs, progress=progress)
+    return grid.rows()
+
+
+class _Grid:
+    """The specs of one ``run_all`` as trials of their Optuna studies (one per ``RunSpec.study``)."""
+
+    def __init__(self, specs: list[RunSpec], url: str, *, shared: bool, metric: str):
+        self.specs, self.url, self.shared, self.metric = specs, url, shared, metric
+        self.storage = open_storage(url)
+        self.identities = [identity_of(spec.config.to_dict()) for spec in specs]
+        self.lower = metric in ("loss", "perplexity")
+        self.studies = {spec.study: None for spec in specs}
+        for name in self.studies:  # the grid sampler is set when the runs still to do are known
+            self.studies[name] = open_study(self.storage, url, name, sampler=None,
+                                            direction="minimize" if self.lower else "maximize")  # fmt: skip
+        self.index = {(spec.study, _run_name(spec)): i for i, spec in enumerate(specs)}
+        self._read_trials()
+
+    def _read_trials(self) -> None:
+        """``self.latest[i]``: the newest trial of spec ``i`` (``None`` if its study has none)."""
+        self.latest = [None] * len(self.specs)
+        for name, study in self.studies.items():
+            for trial in study.get_trials(deepcopy=False, states=_kept()):  # not the runs skipped as another's
+                i = self.index.get((name, trial.user_attrs.get("run")))
+                if i is not None and (self.latest[i] is None or trial.number > self.latest[i].number):
+                    self.latest[i] = trial
+
+    def _finished(self, i: int) -> bool:
+        trial = self.latest[i]
+        return trial is not None and trial.state.name == "COMPLETE" and "row" in trial.user_attrs
+
+    def stale_trials(self) -> dict[str, list[str]]:
+        """``{run folder: what differs}`` for every spec whose newest finished trial ran other options or data."""
+        stale = {}
+        for i, spec in enumerate(self.specs):
+            if self._finished(i):
+                changed = differences(self.latest[i].user_attrs.get("identity", {}), self.identities[i])
+                if changed:
+                    stale[str(Path(spec.config.output_dir))] = changed
+        return stale
+
+    def _todo(self, stale: dict) -> list[int]:
+        """Specs to run: not finished with their own options, and not running in another worker."""
+        todo = []
+        for i, spec in enumerate(self.specs):
+            trial, folder = self.latest[i], str(Path(spec.config.output_dir))
+            if trial is not None and trial.state.name == "RUNNING":
+                if self.shared:  # another worker's (or, if it died, failed by Optuna's heartbeat later)
+                    continue
+                self.studies[spec.study].tell(trial.number, state=_failed())  # ours, killed: we hold the lock
+            if not self._finished(i) or folder in stale:
+                todo.append(i)
+        return todo
+
+    def run(self, stale: dict, *, jobs: int, progress: bool) -> None:
+        """Each study's runs still to do on Optuna's grid sampler, ``jobs`` child processes at a time in all."""
+        import optuna
+        from tqdm.auto import tqdm
+
+        todo = self._todo(stale)
+        bar = tqdm(total=len(todo), desc=f"runs ({len(self.specs) - len(todo)} already done)", disable=not progress)
+        slots, threads = threading.Semaphore(jobs), max(1, (os.cpu_count() or 1) // jobs)
+        by_study = {name: [i for i in todo if self.specs[i].study == name] for name in self.studies}
+        work = {name: ids for name, ids in by_study.items() if ids}
+
+        def optimize(name: str) -> None:
+            names = [_run_name(self.specs[i]) for i in work[name]]
+            # The grid's parameter is named after the runs it holds and the newest trial of each: Optuna keeps
+            # one list of choices per parameter name in a study, a grid of earlier trials counts as visited, and
+            # workers that start on the same runs in the same state share one grid.
+            state = [f"{n}:{-1 if self.latest[i] is None else self.latest[i].number}" for n, i in zip(names, work[name])]
+            param = f"run@{zlib.crc32(chr(10).join(state).encode()):08x}"
+            study = self.studies[name]
+            study.sampler = optuna.samplers.GridSampler({param: names}, seed=worker_seed(
+                0, len(study.get_trials(deepcopy=False)), self.shared))  # fmt: skip
+            study.optimize(self._objective(name, param, names, stale, slots, threads, bar), n_trials=len(names),
+                           n_jobs=jobs, catch=(Exception,))  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=max(1, len(work))) as pool:
+            for future in [pool.submit(optimize, name) for name in work]:
+                future.result()
+        bar.close()
+        self._read_trials()
+
+    def _objective(self, study: str, param: str, names: list[str], stale: dict, slots, threads: int, bar):
+        def objective(trial) -> float:
+            import optuna
+
+            name = trial.suggest_categorical(param, names)
+            i = self.index[(study, name)]
+            spec = self.specs[i]
+            trial.set_user_attr("run", name)
+            trial.set_user_attr("identity", self.identities[i])
+            if self.shared and self._taken(study, trial.number, name, self.identities[i]):
+                raise optuna.TrialPruned(f"{name} is run or finished by another worker")
+            try:
+                with slots:
+                    row = _run_one(spec, threads, str(Path(spec.config.output_dir)) in stale)
+            except Exception as err:  # in this process (the child's errors are in the row already)
+                row = {**spec.labels, "status": f"failed: {type(err).__name__}: {' '.join(str(err).split())}"}
+            finally:
+                bar.update(1)
+            trial.set_user_attr("row", row)
+            if row["status"] != "done":
+                raise RunFailed(row["status"])
+            value = row.get(f"validation_{self.metric}")
+            if not isinstance(value, (int, float)) or not math.isfinite(value):  # diverged: the worst value
+                return math.inf if self.lower else -math.inf
+            return float(value)
+
+        return objective
+
+    def _taken(self, study: str, number: int, name: str, identity: dict) -> bool:
+        """Whether another worker of a shared storage runs ``name`` in an older trial, or has finished it with
+        these options since this worker chose its runs (each trial names its run before it checks, so of two
+        workers that chose one run at once, the newer trial gives way)."""
+        for other in self.studies[study].get_trials(deepcopy=False, states=_kept()):
+            if other.number == number or other.user_attrs.get("run") != name:
+                continue
+            if other.state.name == "RUNNING" and other.number < number:
+                return True
+            if other.state.name == "COMPLETE" and not differences(other.user_attrs.get("identity", {}), identity):
+                return True
+        return False
+
+    def rows(self) -> list[dict]:
+        """One row per spec from its newest trial (see ``run_all``)."""
+        rows = []
+        for i, spec in enumerate(self.specs):
+            trial = self.latest[i]
+            if trial is not None and "row" in trial.user_attrs and trial.state.name in ("COMPLETE", "FAIL"):
+                rows.append({**trial.user_attrs["row"], **spec.labels})
+            elif trial is not None and trial.state.name == "RUNNING":
+                rows.append({**spec.labels, "status": f"running in another worker (trial {trial.number} of study "
+                                                      f"{spec.study!r} in {self.url})"})  # fmt: skip
+            else:
+                rows.append({**spec.labels, "status": "failed: the run did not finish (interrupted)"})
+        return rows
+
+
+class RunFailed(RuntimeError):
+    """A run of an experiment ended with an error (its row's status); the trial is recorded as failed."""
+
+
+def _failed():
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
+
+
+def _kept():
+    """Optuna's trial states of runs: not PRUNED, the state of a run skipped because another worker had it."""
+    from optuna.trial import TrialState
+
+    return (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)
+
+
+def _run_name(spec: RunSpec) -> str:
+    """The run's name in its study: its folder and the folder above (``cells/lrA…``, ``lora/lr…_seed0``)."""
+    out = Path(spec.config.output_dir)
+    return f"{out.parent.name}/{out.name}"
 
 
 def _child(config_file: str, error_file: str) -> int:

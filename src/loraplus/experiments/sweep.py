@@ -2,8 +2,9 @@
 Sec. 5, Figures 3–4: the best cells lie above the diagonal lr_A = lr_B).
 
 Each cell is a short ``loraplus train`` run with ``learning_rate = lr_A`` and ``loraplus_lr_ratio = lr_B / lr_A``
-(the classification head, like A, gets lr_A). Cells are run folders under ``OUT/cells``: a finished cell is
-never run again, so an interrupted sweep resumes.
+(the classification head, like A, gets lr_A). Cells are trials of the Optuna study ``sweep`` on a grid sampler
+(in ``OUT/study.db`` or the ``storage`` given, which workers on several machines may share) and run folders
+under ``OUT/cells``: a finished cell is never run again, so an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from ..config import TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
 from .runner import RunSpec, experiment_folder, run_all, run_config
+from .studies import storage_option
 
 __all__ = ["SweepConfig", "plot_heatmap", "run_sweep", "summarize_grid"]
 
@@ -51,6 +53,7 @@ class SweepConfig(TrainConfig):
     seeds: tuple[str, ...] = _opt(("0",), "comma-separated seeds; each cell is run once per seed")
     metric: str = _opt("accuracy", "metric of the heatmap: accuracy, macro_f1, loss, perplexity")
     jobs: int = _opt(2, "runs at once (each gets cpu_count / jobs threads)")
+    storage: str | None = storage_option()
 
     def __post_init__(self) -> None:
         check_not_set_by_experiment(self)  # before the task fills in its defaults
@@ -176,10 +179,13 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> dict:
 def _run_sweep(cfg: SweepConfig, progress: bool) -> dict:
     lr_a, lr_b = cfg.grid()
     specs = [
-        RunSpec(cfg.cell_config(a, b, int(seed)), {"lr_A": float(a), "lr_B": float(b), "ratio": float(b / a), "seed": int(seed)})
+        RunSpec(cfg.cell_config(a, b, int(seed)), {"lr_A": float(a), "lr_B": float(b), "ratio": float(b / a), "seed": int(seed)},
+                study="sweep")
         for seed in cfg.seeds for b in lr_b for a in lr_a
     ]  # fmt: skip
-    rows = run_all(specs, jobs=cfg.jobs, progress=progress, overwrite=cfg.overwrite)
+    rows = [{k: v for k, v in row.items() if k != "record"} for row in run_all(
+        specs, storage=cfg.storage, folder=cfg.output_dir, metric=cfg.metric, jobs=cfg.jobs, progress=progress,
+        overwrite=cfg.overwrite)]  # fmt: skip
     summary = summarize_grid(rows, lr_a, lr_b, cfg.metric)
     out = Path(cfg.output_dir)
     atomic_write_text(out / "results.csv", _rows_csv(rows))

@@ -39,6 +39,7 @@ from ..runfolder import differences, identity_of
 from ..tasks import get_task
 from ..train import run_train
 from .runner import experiment_folder, run_config, write_run_config
+from .studies import open_storage, open_study, storage_option, storage_url, worker_seed
 
 __all__ = ["PRUNERS", "TuneConfig", "read_tune_config", "run_tune", "trial_rows", "tune_text"]
 
@@ -83,8 +84,7 @@ class TuneConfig(TrainConfig):
     metric: str | None = _opt(None, "validation metric to optimise: accuracy, macro_f1, loss, perplexity "
                               "(default: accuracy, or loss for sft)")  # fmt: skip
     pruner: str = _opt("hyperband", f"stops unpromising trials at an evaluation: {', '.join(PRUNERS)}")
-    storage: str | None = _opt(None, "Optuna storage URL shared by every worker (default: sqlite:///OUTPUT_DIR/"
-                               "study.db; e.g. postgresql://..., or journal:/shared/tune.log)")  # fmt: skip
+    storage: str | None = storage_option()
     study_name: str = _opt(STUDY_NAME, "name of the study in the storage")
     jobs: int = _opt(1, "worker processes on this machine (each gets cpu_count / jobs threads)")
 
@@ -133,7 +133,7 @@ class TuneConfig(TrainConfig):
         return self.ratio_min == self.ratio_max
 
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.output_dir).expanduser().absolute() / 'study.db'}"
+        return storage_url(self.output_dir, self.storage)
 
     def trial_config(self, lr_a: float, ratio: float, number: int | None, steps: int) -> TrainConfig:
         """The run of one trial (``number``) or, with ``number=None``, the best trial's full run (``best/``)."""
@@ -170,7 +170,7 @@ class OptunaReporter(TrainerCallback):
                 raise optuna.TrialPruned(f"pruned at step {state.global_step} ({self.key} {metrics[self.key]:.4g})")
 
 
-def _study(cfg: TuneConfig, create: bool = True):
+def _study(cfg: TuneConfig):
     """The study in ``cfg``'s storage (created if missing); refuses a study made for other data, model or search.
 
     Raises:
@@ -178,32 +178,14 @@ def _study(cfg: TuneConfig, create: bool = True):
     """
     import optuna
 
-    import warnings
-
     url = cfg.storage_url()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, constant liar
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study ..." at every open
-    try:
-        if url.startswith("journal:"):  # a journal file: workers on a shared filesystem without a database server
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
-
-            storage = JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
-        else:  # a heartbeat marks a killed worker's trial failed instead of running forever
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed)  # replaced below, once the study's size is known
-        pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=cfg.eval_steps, max_resource=cfg.budget),
-                  "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.eval_steps),
-                  "none": optuna.pruners.NopPruner}[cfg.pruner]()  # fmt: skip
-        direction = "minimize" if cfg.metric in LOWER_IS_BETTER else "maximize"
-        study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction=direction, sampler=sampler,
-                                    pruner=pruner, load_if_exists=True)  # fmt: skip
-    except Exception as err:  # SQLAlchemy's errors (a bad URL, an unreachable server) share no stdlib base
-        opening = isinstance(err, (ImportError, ValueError, OSError, RuntimeError))
-        if not opening and type(err).__module__.split(".")[0] != "sqlalchemy":
-            raise
-        raise ValueError(f"the Optuna storage {url!r} cannot be opened ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:300]})") from None  # fmt: skip
+    storage = open_storage(url)
+    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=cfg.eval_steps, max_resource=cfg.budget),
+              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.eval_steps),
+              "none": optuna.pruners.NopPruner}[cfg.pruner]()  # fmt: skip
+    direction = "minimize" if cfg.metric in LOWER_IS_BETTER else "maximize"
+    study = open_study(storage, url, cfg.study_name, direction=direction, pruner=pruner,
+                       sampler=optuna.samplers.TPESampler(seed=cfg.seed))  # fmt: skip  # reseeded below
     study.sampler = optuna.samplers.TPESampler(
         seed=_sampler_seed(cfg, len(study.get_trials(deepcopy=False))), n_startup_trials=min(4, cfg.trials),
         constant_liar=True)  # fmt: skip  # constant liar: running trials count as tried
@@ -223,17 +205,9 @@ WORKER_ENV = "LORAPLUS_TUNE_WORKER"
 
 
 def _sampler_seed(cfg: TuneConfig, existing: int) -> int:
-    """The sampler's seed: ``cfg.seed`` for a new study run by one process (reproducible); derived from the seed
-    and the ``existing`` trials when a study is continued (a fresh sampler with the old seed would propose the
-    first trials' parameters again); and, in a worker process of several (``jobs`` > 1, or a shared ``storage``
-    another machine may also work on), from its host and pid too, so two workers never propose the same ones."""
-    import zlib
-
-    if os.environ.get(WORKER_ENV) is None and cfg.storage is None:
-        return cfg.seed if existing == 0 else zlib.crc32(f"{cfg.seed}:{existing}".encode())
-    import socket
-
-    return zlib.crc32(f"{cfg.seed}:{existing}:{socket.gethostname()}:{os.getpid()}".encode())
+    """The sampler's seed (``studies.worker_seed``): shared when this is one of several worker processes
+    (``jobs`` > 1) or the storage is given (another machine may work on it)."""
+    return worker_seed(cfg.seed, existing, shared=os.environ.get(WORKER_ENV) is not None or cfg.storage is not None)
 
 
 def _objective(cfg: TuneConfig):
@@ -272,7 +246,6 @@ def _work(cfg: TuneConfig) -> None:
     study = _study(cfg)
     if _trial_count(study) >= cfg.trials:
         return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(_objective(cfg), n_trials=cfg.trials, catch=(Exception,),
                    callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, states=None)])  # fmt: skip
 
