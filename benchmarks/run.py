@@ -36,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 
 def figures() -> dict:
     """``{name: (title, config(quick) -> dict, run(ctx, cfg) -> dict)}`` in the order of the figures."""
-    from benchmarks import fig_groups, fig_memory, fig_mmlu, fig_monitor, fig_optimizer, fig_train_runs, fig_train_step
+    from benchmarks import (fig_groups, fig_memory, fig_mmlu, fig_monitor, fig_optimizer, fig_train_runs, fig_train_step,
+                            fig_tune)
 
     tr = fig_train_runs
     return {
@@ -48,6 +49,7 @@ def figures() -> dict:
         fig_monitor.NAME: (fig_monitor.TITLE, fig_monitor.config, fig_monitor.run),
         fig_memory.NAME: (fig_memory.TITLE, fig_memory.config, fig_memory.run),
         fig_mmlu.NAME: (fig_mmlu.TITLE, fig_mmlu.config, fig_mmlu.run),
+        fig_tune.NAME: (fig_tune.TITLE, fig_tune.config, fig_tune.run),
     }
 
 

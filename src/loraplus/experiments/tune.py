@@ -239,21 +239,22 @@ def _trial_count(study) -> int:
     return len(study.get_trials(deepcopy=False))
 
 
-def _work(cfg: TuneConfig) -> None:
-    """One worker: run trials until the study holds ``cfg.trials`` (counting running ones of other workers)."""
+def _work(cfg: TuneConfig, study=None) -> None:
+    """One worker: run trials until the study holds ``cfg.trials`` (counting running ones of other workers);
+    ``study``: the study already open in this process (else it is opened)."""
     import optuna
 
-    study = _study(cfg)
+    study = study or _study(cfg)
     if _trial_count(study) >= cfg.trials:
         return
     study.optimize(_objective(cfg), n_trials=cfg.trials, catch=(Exception,),
                    callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, states=None)])  # fmt: skip
 
 
-def _run_workers(cfg: TuneConfig) -> None:
+def _run_workers(cfg: TuneConfig, study) -> None:
     """``cfg.jobs`` worker processes (``python -m loraplus.experiments.tune CONFIG``), or this process for one."""
     if cfg.jobs == 1:
-        _work(cfg)
+        _work(cfg, study)
         return
     out = Path(cfg.output_dir)
     config_file = out / "tune.yaml"  # the same TuneConfig: lr and λ as ranges, not as the placeholders they resolved to
@@ -290,9 +291,9 @@ def run_tune(cfg: TuneConfig) -> dict:
             an output folder).
     """
     with experiment_folder(cfg, cfg.metric):
-        _study(cfg)  # a bad storage or a study of other options: refused before any trial
-        _run_workers(cfg)
-        study = _study(cfg)
+        study = _study(cfg)  # a bad storage or a study of other options: refused before any trial
+        _run_workers(cfg, study)
+        study = study if cfg.jobs == 1 else _study(cfg)  # the workers' trials, read afresh
         rows = trial_rows(study, cfg)
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         if not complete:
