@@ -8,7 +8,7 @@ import pytest
 from loraplus.config import TrainConfig
 from loraplus.ratio import RatioCommand, crossing, probe_ratio
 from loraplus.train import resolve_ratio
-from loraplus.width_rule import TOY_EXPONENT, ratio_from_width
+from loraplus.width_rule import AUTO_RATIO, TOY_EXPONENT, ratio_from_width
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,28 +60,35 @@ def test_probe_log_ratio_rises_with_the_ratio_at_fixed_lr_b(tiny_bert_dir, tiny_
     assert result["candidates"] == [1.0, 64.0] and result["ratio"] > 0
 
 
-@pytest.mark.realdata
-def test_auto_ratio_uses_the_width_rule_for_minilm():
-    cfg = TrainConfig(loraplus_lr_ratio="auto")
-    assert cfg.loraplus_lr_ratio == "auto"  # kept as given: resolved when the run starts
-    assert resolve_ratio(cfg) == pytest.approx(ratio_from_width(384))
+def test_auto_is_the_rule_nearest_the_measured_optima_and_reads_no_model():
+    """``auto`` is λ = 4, the rule experiments/report_auto.py finds nearest the committed measurements (its
+    auto-rule.json, recomputed here from the committed results); a model that does not exist is never read."""
+    import importlib.util
 
-
-def test_auto_ratio_config_does_no_io(monkeypatch):
-    """Building a config with ratio auto never reads a model: a model that does not exist is fine until the run."""
-    import loraplus.train
-
-    def no_io(*args, **kwargs):
-        raise AssertionError("the config read a model")
-
-    monkeypatch.setattr(loraplus.train, "width_rule_for", no_io)
+    spec = importlib.util.spec_from_file_location("report_auto", ROOT / "experiments" / "report_auto.py")
+    report_auto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_auto)
+    result = report_auto.report()
+    assert result == json.loads((ROOT / "experiments" / "auto-rule.json").read_text())
+    assert result["nearest"] == "paper's LLM advice, λ = 2²" and result["rules"][result["nearest"]]["sum"] == pytest.approx(2.75, abs=0.005)
+    assert result["rules"]["width rule 16·(n/768)^0.918 (toy exponent)"]["sum"] == pytest.approx(7.73, abs=0.005)
+    assert AUTO_RATIO == result["nearest_at_width"]["384"] == result["nearest_at_width"]["4096"] == 4.0
     cfg = TrainConfig(loraplus_lr_ratio="AUTO", model="/nonexistent/model-folder")
-    assert cfg.loraplus_lr_ratio == "auto" and cfg.loraplus(8.0).loraplus_lr_ratio == 8.0
+    assert cfg.loraplus_lr_ratio == "auto" and cfg.loraplus(8.0).loraplus_lr_ratio == 8.0  # kept as given
     with pytest.raises(ValueError, match="resolved when the run starts"):
         cfg.loraplus()
-    with pytest.raises(AssertionError, match="the config read a model"):
-        resolve_ratio(cfg)  # the run start is where it reads
-    assert resolve_ratio(TrainConfig(loraplus_lr_ratio="4")) == 4.0
+    assert resolve_ratio(cfg) == 4.0 and resolve_ratio(TrainConfig(loraplus_lr_ratio="3")) == 3.0
+
+
+def test_ratio_explains_the_width_rule_and_recommends_auto():
+    from loraplus.ratio import explain
+
+    text = explain({"model": "minilm-l6", "width": 384, "width_rule": ratio_from_width(384)})
+    assert "Width rule: loraplus_lr_ratio ≈ 16 · (n / 768)^0.918 = 8.47" in text
+    assert text.endswith("Recommended: --loraplus-lr-ratio 4")
+    probed = explain({"model": "m", "width": 384, "width_rule": 8.47,
+                      "probe": {"candidates": [1.0, 4.0], "median_log10_dB_over_dA": [-0.1, 0.2], "ratio": 1.8, "how": "interpolated crossing"}})  # fmt: skip
+    assert probed.endswith("Recommended: --loraplus-lr-ratio 1.8")
 
 
 def test_probe_steps_zero_names_steps_not_a_derived_option():

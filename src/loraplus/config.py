@@ -16,7 +16,7 @@ from .tasks import TASKS, get_task
 __all__ = ["AUTO", "OPTIMIZERS", "TrainConfig", "check_not_set_by_experiment", "check_report_to", "set_by_experiment"]
 
 OPTIMIZERS = ("loraplus", "lorafa", "riemannian")
-AUTO = "auto"  # loraplus_lr_ratio=auto: the width rule, resolved when the run starts (reads the model's config)
+AUTO = "auto"  # loraplus_lr_ratio=auto: width_rule.AUTO_RATIO, resolved when the run starts (kept as "auto" in config.json)
 
 
 def _opt(default, help: str):
@@ -47,8 +47,8 @@ class TrainConfig:
                                         "pair (default: none; vitaminc: its claim)")
     learning_rate: float | None = _opt(None, "lr_A: lr of the lora_A factors and of the classification head "
                                        "(default: 1e-3; sft: 2e-4)")
-    loraplus_lr_ratio: float | str = _opt(DEFAULT_LORAPLUS_LR_RATIO, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = the "
-                                          "width rule of `loraplus ratio`, resolved when the run starts")
+    loraplus_lr_ratio: float | str = _opt(DEFAULT_LORAPLUS_LR_RATIO, "lr_B / lr_A (LoRA+ λ); 1 = plain LoRA; auto = 4, "
+                                          "the rule nearest the ratios measured on real models (see loraplus ratio)")
     loraplus_lr_embedding: float | None = _opt(None, "absolute lr of embedding-LoRA factors (default: as any pair)")
     loraplus_lr_other: float | None = _opt(None, "absolute lr of the classification head and other non-LoRA tensors (default: learning_rate)")
     optimizer: str = _opt("loraplus", "loraplus, or PEFT's lorafa / riemannian (these ignore the LoRA+ options)")
