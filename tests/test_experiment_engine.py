@@ -147,3 +147,13 @@ def test_two_workers_on_one_shared_storage_split_the_grid_without_running_a_run_
     assert all((tmp_path / f"{name}.log").read_text() for name in ("machine-a", "machine-b"))  # both worked
     last = json.loads(outputs[1].strip().splitlines()[-1])
     assert all(s == "done" or s.startswith("running in another worker") for s in last)
+
+
+def test_a_storage_that_cannot_be_opened_is_refused_before_any_run(tmp_path, monkeypatch):
+    fake = FakeRuns()
+    monkeypatch.setattr(runner, "_run_one", fake)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match=r"the Optuna storage 'sqlite:///.*a-file/runs\.db' cannot be opened"):
+        run_all(specs_for(tmp_path), storage=f"sqlite:///{tmp_path}/a-file/runs.db", folder=tmp_path,
+                metric="accuracy", progress=False)  # fmt: skip
+    assert fake.calls == []
