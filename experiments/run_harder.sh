@@ -45,9 +45,10 @@ compare_multiemo() {
 # The untuned user's view: LoRA and LoRA+ (λ 16) at each learning rate the anchors' examples use (5e-5, 1e-4,
 # 2e-4), 3 seeds each, defaults otherwise (the head at lr_A), 250 steps, validation at 125 and 250 (the final
 # metric is the point; evaluations of 1,000 rows cost about as much as the training); one comparison folder per
-# lr, so that each lr is run at every seed (a comparison with one lr has nothing to tune).
+# lr, so that each lr is run at every seed (a comparison with one lr has nothing to tune). UNTUNED_LRS picks a
+# subset of the learning rates.
 untuned_multiemo() {
-    for lr in 5e-5 1e-4 2e-4; do
+    for lr in ${UNTUNED_LRS:-5e-5 1e-4 2e-4}; do
         $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
             --max-eval-samples 1000 --eval-steps 125 --logging-steps 50 --methods lora,loraplus --lrs "$lr" \
             --seeds 0,1,2 --loraplus-lr-ratio 16 --output-dir "experiments/untuned-multiemo-lr$lr"
