@@ -98,14 +98,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(SweepConfig, args)
     summary = run_sweep(cfg)
-    failed = [r for r in summary["rows"] if r["status"] != "done"]
+    failed = [r for r in summary["rows"] if r["status"].startswith("failed")]
+    elsewhere = [r for r in summary["rows"] if r["status"] != "done" and r not in failed]  # another worker's
     best = summary["best"]
     if best:
         print(
             f"best cell (validation {cfg.metric}): lr_A {best['lr_A']:.3g}, lr_B {best['lr_B']:.3g}, ratio {best['ratio']:.3g}; "
             f"test {cfg.metric} {best['test_' + cfg.metric]:.4f}  -> {cfg.output_dir}/heatmap.png"
         )
-    for row in failed:
+    for row in failed + elsewhere:
         print(f"cell lr_A {row['lr_A']:.3g} lr_B {row['lr_B']:.3g} seed {row['seed']}: {row['status']}", file=sys.stderr)
     return 1 if failed else 0
 

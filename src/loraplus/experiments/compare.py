@@ -2,7 +2,7 @@
 
 Stage 1 tunes: every method runs once per lr of a shared grid (seed ``tune_seed``); the lr with the best final
 validation metric wins. Stage 2 runs each method at its lr for every seed. Every run is a trial of its method's
-Optuna study (``compare-<method>``, on a grid sampler, in ``OUT/study.db`` or the ``storage`` given) and a
+Optuna study (``compare-<method>``, its runs enqueued, in ``OUT/study.db`` or the ``storage`` given) and a
 resumable run folder (``runs/<method>/lr<lr>_seed<s>``). Outputs: ``results/<method>_seed<s>.json`` (resolved config, seed, metric at
 every evaluation, wall time, package versions), ``summary.md`` (mean ± std of the final test metric,
 steps-to-target and speed-up over LoRA), ``summary.json``, and the curves ``metric.png`` and ``train_loss.png``.
@@ -22,7 +22,7 @@ import numpy as np
 from ..config import AUTO, TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
 from .runner import RunSpec, experiment_folder, run_all, run_config
-from .studies import storage_option
+from .studies import check_storage, storage_option
 
 __all__ = ["METHODS", "CompareConfig", "run_compare", "steps_to_target"]
 
@@ -139,12 +139,13 @@ def steps_to_target(curve: list[dict], key: str, target: float, lower_better: bo
 def _method_stats(rows: list[dict], cfg: CompareConfig, target: float | None) -> dict:
     """Mean ± std of the final test metric and the steps-to-target over one method's final runs."""
     done = [r for r in rows if r["status"] == "done"]
+    failed = [r for r in rows if r["status"].startswith("failed")]  # not: running in another worker
     finals = [r[f"test_{cfg.metric}"] for r in done]
     lower = cfg.metric == "loss"
     hits = [steps_to_target(r["curve"], f"eval_{cfg.metric}", target, lower) for r in done] if target else []
     reached = [h for h in hits if h is not None]
     return {
-        "runs": len(done), "failed": len(rows) - len(done),
+        "runs": len(done), "failed": len(failed), "elsewhere": len(rows) - len(done) - len(failed),
         "test_mean": float(np.mean(finals)) if finals else None, "test_std": float(np.std(finals)) if finals else None,
         "steps_to_target": _censored_median(hits),
         "reached_target": f"{len(reached)}/{len(hits)}", "seconds_mean": float(np.mean([r["seconds"] for r in done])) if done else None,
@@ -239,6 +240,7 @@ def _write_results(rows: list[dict], cfg: CompareConfig) -> None:
 
 def run_compare(cfg: CompareConfig, *, progress: bool = True) -> dict:
     """Tune each method's lr, run every seed, and write results/, summary.md, summary.json and the plots."""
+    check_storage(cfg.storage)  # a bad URL is refused before the folder is made
     with experiment_folder(cfg, cfg.metric):
         return _run_compare(cfg, progress)
 

@@ -8,7 +8,7 @@ then carries that message, not only an exit code. Processes of their own keep ru
 memory leak ends one run) and let ``jobs`` of them run in parallel.
 
 The runs of an experiment are trials of Optuna studies (``run_all``: one study per ``RunSpec.study``, e.g. one
-per method of a comparison), scheduled by Optuna's grid sampler over the runs still to do and recorded in the
+per method of a comparison), the runs still to do placed in Optuna's trial queue and recorded in the
 experiment's storage (``study.db``, or a shared storage URL so that workers on several machines split one
 experiment): the runner, the records and the resume mechanism of ``sweep``, ``compare`` and ``tune`` are one.
 Each run is also a run folder that records what it is (``runfolder``). A run whose study holds a finished trial
@@ -28,11 +28,11 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..runfolder import differences, folder_lock, identity_of, read_identity
 from ..tasks import get_task
 from ..train import run_train
-from .studies import open_storage, open_study, storage_url, worker_seed
+from .studies import open_storage, open_study, storage_url
 
 __all__ = ["RunFailed", "RunSpec", "experiment_folder", "read_run_config", "run_all", "run_config", "run_isolated", "stale_runs",
            "write_run_config"]
@@ -180,13 +180,13 @@ def evaluation_curve(history: list[dict]) -> list[dict]:
 
 def run_all(specs: list[RunSpec], *, storage: str | None, folder: str | Path, metric: str, jobs: int = 2,
             progress: bool = True, overwrite: bool = False) -> list[dict]:
-    """Run every spec as a trial of its Optuna study (``spec.study``, on a grid of the runs still to do), ``jobs``
-    at a time, and return one row per spec, in order.
+    """Run every spec as a trial of its Optuna study (``spec.study``; the runs still to do are enqueued as its
+    trials), ``jobs`` at a time, and return one row per spec, in order.
 
     ``storage``: an Optuna storage URL, or ``None`` for ``folder/study.db`` (this process, holding ``folder``'s
     lock, is then the only worker: a trial left running by a killed process is marked failed and run again).
     With a storage given, other workers may share the studies: a run another worker is running is left to it
-    (its row says so) and the grid sampler hands each worker runs the others have not started.
+    (its row says so) and Optuna's trial queue hands each waiting run to one worker.
 
     A run whose study holds a finished trial of the spec's own options and data is reused, as is a finished run
     folder; failed and interrupted runs are run again. A run folder or finished trial of other options or data
@@ -221,11 +221,11 @@ class _Grid:
 
     def __init__(self, specs: list[RunSpec], url: str, *, shared: bool, metric: str):
         self.specs, self.url, self.shared, self.metric = specs, url, shared, metric
-        self.storage = open_storage(url)
+        self.storage = open_storage(url, heartbeat=False)  # ask-and-tell: this module knows its own workers
         self.identities = [identity_of(spec.config.to_dict()) for spec in specs]
         self.lower = metric in ("loss", "perplexity")
         self.studies = {spec.study: None for spec in specs}
-        for name in self.studies:  # the grid sampler is set when the runs still to do are known
+        for name in self.studies:  # the sampler is set when the runs still to do are queued
             self.studies[name] = open_study(self.storage, url, name, sampler=None,
                                             direction="minimize" if self.lower else "maximize")  # fmt: skip
         self.index = {(spec.study, _run_name(spec)): i for i, spec in enumerate(specs)}
@@ -260,54 +260,69 @@ class _Grid:
         for i, spec in enumerate(self.specs):
             trial, folder = self.latest[i], str(Path(spec.config.output_dir))
             if trial is not None and trial.state.name == "RUNNING":
-                if self.shared:  # another worker's (or, if it died, failed by Optuna's heartbeat later)
-                    continue
-                self.studies[spec.study].tell(trial.number, state=_failed())  # ours, killed: we hold the lock
+                if self.shared and _alive_or_elsewhere(trial.user_attrs.get("worker")):
+                    continue  # another worker's, running (or on another machine: it may be)
+                self.studies[spec.study].tell(trial.number, state=_failed())  # killed: its run starts over
             if not self._finished(i) or folder in stale:
                 todo.append(i)
         return todo
 
     def run(self, stale: dict, *, jobs: int, progress: bool) -> None:
-        """Each study's runs still to do on Optuna's grid sampler, ``jobs`` child processes at a time in all."""
-        import optuna
+        """Each study's runs still to do as trials in Optuna's queue (``enqueue_trial``), taken one at a time
+        with Optuna's ask-and-tell interface by ``jobs`` threads per study (the storage hands each waiting trial to
+        one process; a lock here to one thread, which SQLite alone does not ensure), ``jobs`` child processes at a
+        time in all. Ctrl-C stops every study after the runs it interrupts (their trials fail; a rerun runs them
+        again)."""
         from tqdm.auto import tqdm
 
         todo = self._todo(stale)
         bar = tqdm(total=len(todo), desc=f"runs ({len(self.specs) - len(todo)} already done)", disable=not progress)
         slots, threads = threading.Semaphore(jobs), max(1, (os.cpu_count() or 1) // jobs)
-        by_study = {name: [i for i in todo if self.specs[i].study == name] for name in self.studies}
-        work = {name: ids for name, ids in by_study.items() if ids}
+        work = {name: [i for i in todo if self.specs[i].study == name] for name in self.studies}
+        self.stopping, asking = threading.Event(), threading.Lock()
 
-        def optimize(name: str) -> None:
-            names = [_run_name(self.specs[i]) for i in work[name]]
-            # The grid's parameter is named after the runs it holds and the newest trial of each: Optuna keeps
-            # one list of choices per parameter name in a study, a grid of earlier trials counts as visited, and
-            # workers that start on the same runs in the same state share one grid.
-            state = [f"{n}:{-1 if self.latest[i] is None else self.latest[i].number}" for n, i in zip(names, work[name])]
-            param = f"run@{zlib.crc32(chr(10).join(state).encode()):08x}"
+        def worker(name: str) -> None:
             study = self.studies[name]
-            study.sampler = optuna.samplers.GridSampler({param: names}, seed=worker_seed(
-                0, len(study.get_trials(deepcopy=False)), self.shared))  # fmt: skip
-            study.optimize(self._objective(name, param, names, stale, slots, threads, bar), n_trials=len(names),
-                           n_jobs=jobs, catch=(Exception,))  # fmt: skip
+            objective = self._objective(name, {_run_name(self.specs[i]) for i in work[name]}, stale, slots, threads, bar)
+            while not self.stopping.is_set():
+                with asking:
+                    if not study.get_trials(deepcopy=False, states=(_waiting(),)):
+                        return  # every queued run was handed out
+                    trial = study.ask()
+                _tell(study, trial, objective)
 
-        with ThreadPoolExecutor(max_workers=max(1, len(work))) as pool:
-            for future in [pool.submit(optimize, name) for name in work]:
+        pool = ThreadPoolExecutor(max_workers=jobs * max(1, len(work)))
+        try:
+            futures = []
+            for name, ids in work.items():
+                for i in ids:  # the run and its options travel with the queued trial
+                    self.studies[name].enqueue_trial({}, user_attrs={"run": _run_name(self.specs[i]),
+                                                                     "identity": self.identities[i]})  # fmt: skip
+                futures += [pool.submit(worker, name) for _ in range(min(jobs, len(ids)))]
+            for future in futures:
                 future.result()
-        bar.close()
+        except KeyboardInterrupt:  # the children got the signal too; start no further run
+            self.stopping.set()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            bar.close()
         self._read_trials()
 
-    def _objective(self, study: str, param: str, names: list[str], stale: dict, slots, threads: int, bar):
+    def _objective(self, study: str, todo: set[str], stale: dict, slots, threads: int, bar):
         def objective(trial) -> float:
             import optuna
 
-            name = trial.suggest_categorical(param, names)
-            i = self.index[(study, name)]
+            name = trial.user_attrs.get("run")
+            if name is None or self.stopping.is_set():  # another worker took the last queued run, or Ctrl-C
+                raise optuna.TrialPruned("no queued run left")
+            i = self.index.get((study, name))
+            if i is None or name not in todo or self._taken(i, trial.number):
+                # queued by another worker or an interrupted run of this experiment, for a run done or running
+                raise optuna.TrialPruned(f"{name} is done, or run by another trial")
             spec = self.specs[i]
-            trial.set_user_attr("run", name)
             trial.set_user_attr("identity", self.identities[i])
-            if self.shared and self._taken(study, trial.number, name, self.identities[i]):
-                raise optuna.TrialPruned(f"{name} is run or finished by another worker")
+            trial.set_user_attr("worker", WORKER)
             try:
                 with slots:
                     row = _run_one(spec, threads, str(Path(spec.config.output_dir)) in stale)
@@ -325,16 +340,18 @@ class _Grid:
 
         return objective
 
-    def _taken(self, study: str, number: int, name: str, identity: dict) -> bool:
-        """Whether another worker of a shared storage runs ``name`` in an older trial, or has finished it with
-        these options since this worker chose its runs (each trial names its run before it checks, so of two
-        workers that chose one run at once, the newer trial gives way)."""
-        for other in self.studies[study].get_trials(deepcopy=False, states=_kept()):
-            if other.number == number or other.user_attrs.get("run") != name:
+    def _taken(self, i: int, number: int) -> bool:
+        """Whether a trial newer than the one spec ``i``'s run had when it was queued runs it (an older trial than
+        ``number``: of two trials that took one run at once, the newer gives way) or finished it with these
+        options: a run queued twice, by two workers of a shared storage or by an interrupted earlier attempt,
+        runs once."""
+        spec, seen = self.specs[i], -1 if self.latest[i] is None else self.latest[i].number
+        for other in self.studies[spec.study].get_trials(deepcopy=False, states=_kept()):
+            if other.number <= seen or other.number == number or other.user_attrs.get("run") != _run_name(spec):
                 continue
             if other.state.name == "RUNNING" and other.number < number:
                 return True
-            if other.state.name == "COMPLETE" and not differences(other.user_attrs.get("identity", {}), identity):
+            if other.state.name == "COMPLETE" and not differences(other.user_attrs.get("identity", {}), self.identities[i]):
                 return True
         return False
 
@@ -351,6 +368,47 @@ class _Grid:
             else:
                 rows.append({**spec.labels, "status": "failed: the run did not finish (interrupted)"})
         return rows
+
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # who runs a trial, so that a killed worker's trial is found
+
+
+def _alive_or_elsewhere(worker: str | None) -> bool:
+    """Whether the trial's worker (``host:pid``) is a live process of this machine, or on another machine."""
+    host, _, pid = (worker or ":").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _waiting():
+    from optuna.trial import TrialState
+
+    return TrialState.WAITING
+
+
+def _tell(study, trial, objective) -> None:
+    """Run ``objective(trial)`` and tell the study how it ended: its value, pruned, or failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except Exception:  # the run's error is in its row
+        study.tell(trial, state=TrialState.FAIL)
+    except BaseException:  # Ctrl-C: the trial is not left running
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
 
 
 class RunFailed(RuntimeError):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import _opt
 
-__all__ = ["STORAGE_HELP", "open_storage", "open_study", "quiet_optuna", "storage_option", "storage_url",
+__all__ = ["STORAGE_HELP", "check_storage", "open_storage", "open_study", "quiet_optuna", "storage_option", "storage_url",
            "worker_seed"]  # fmt: skip
 
 STORAGE_HELP = ("Optuna storage URL shared by every worker (default: sqlite:///OUTPUT_DIR/study.db; e.g. "
@@ -44,9 +44,10 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def open_storage(url: str):
-    """The Optuna storage at ``url``: a journal file for ``journal:PATH``, else an RDB storage with a heartbeat
-    (a trial of a killed worker is marked failed after two minutes instead of running forever).
+def open_storage(url: str, *, heartbeat: bool = True):
+    """The Optuna storage at ``url``: a journal file for ``journal:PATH``, else an RDB storage, with a heartbeat
+    when ``heartbeat`` (for ``Study.optimize``: a trial of a killed worker is marked failed after two minutes
+    instead of running forever).
 
     Raises:
         ValueError: the storage cannot be opened (names the URL and the cause).
@@ -54,15 +55,30 @@ def open_storage(url: str):
     import optuna
 
     quiet_optuna()
+    if url.startswith("journal:") and not url[len("journal:"):].strip():
+        raise ValueError(f"a journal storage needs a file path, e.g. journal:/shared/runs.log, got {url!r}")
     try:
         if url.startswith("journal:"):  # a journal file: workers on a shared filesystem without a database server
             from optuna.storages import JournalStorage
             from optuna.storages.journal import JournalFileBackend
 
             return JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
+        if not heartbeat:
+            return optuna.storages.RDBStorage(url)
         return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
     except Exception as err:
         raise _cannot_open(url, err) from None
+
+
+def check_storage(storage: str | None) -> None:
+    """Open a storage URL the user gave (``None``: the experiment folder's own, nothing to check), so that a bad
+    one is refused before the experiment folder is made.
+
+    Raises:
+        ValueError: see ``open_storage``.
+    """
+    if storage is not None:
+        open_storage(storage)
 
 
 def open_study(storage, url: str, name: str, *, direction: str, sampler, pruner=None):

@@ -2,7 +2,7 @@
 Sec. 5, Figures 3–4: the best cells lie above the diagonal lr_A = lr_B).
 
 Each cell is a short ``loraplus train`` run with ``learning_rate = lr_A`` and ``loraplus_lr_ratio = lr_B / lr_A``
-(the classification head, like A, gets lr_A). Cells are trials of the Optuna study ``sweep`` on a grid sampler
+(the classification head, like A, gets lr_A). Cells are trials (enqueued) of the Optuna study ``sweep``
 (in ``OUT/study.db`` or the ``storage`` given, which workers on several machines may share) and run folders
 under ``OUT/cells``: a finished cell is never run again, so an interrupted sweep resumes.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from ..config import TrainConfig, _opt, check_not_set_by_experiment
 from ..io import atomic_write_json, atomic_write_text, save_figure
 from .runner import RunSpec, experiment_folder, run_all, run_config
-from .studies import storage_option
+from .studies import check_storage, storage_option
 
 __all__ = ["SweepConfig", "plot_heatmap", "run_sweep", "summarize_grid"]
 
@@ -172,6 +172,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> dict:
 
     Returns the summary (see ``summarize_grid``) with ``"rows"``, one per cell and seed.
     """
+    check_storage(cfg.storage)  # a bad URL is refused before the folder is made
     with experiment_folder(cfg, cfg.metric):
         return _run_sweep(cfg, progress)
 

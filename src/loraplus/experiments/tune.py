@@ -39,7 +39,7 @@ from ..runfolder import differences, identity_of
 from ..tasks import get_task
 from ..train import run_train
 from .runner import experiment_folder, run_config, write_run_config
-from .studies import open_storage, open_study, storage_option, storage_url, worker_seed
+from .studies import check_storage, open_storage, open_study, storage_option, storage_url, worker_seed
 
 __all__ = ["PRUNERS", "TuneConfig", "read_tune_config", "run_tune", "trial_rows", "tune_text"]
 
@@ -290,6 +290,7 @@ def run_tune(cfg: TuneConfig) -> dict:
         runfolder.FolderLocked: another process is tuning in ``output_dir`` (workers elsewhere share a storage, not
             an output folder).
     """
+    check_storage(cfg.storage)  # a bad URL is refused before the folder is made
     with experiment_folder(cfg, cfg.metric):
         study = _study(cfg)  # a bad storage or a study of other options: refused before any trial
         _run_workers(cfg, study)
