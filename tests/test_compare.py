@@ -90,3 +90,17 @@ def test_steps_to_target_median_counts_a_seed_that_never_reached_it_as_infinite(
     assert _censored_median([10, 30, None]) == 30.0
     assert _censored_median([10, None, None]) is None
     assert _censored_median([20, 40]) == 30.0
+
+
+def test_the_summary_names_the_heads_lr_of_each_method():
+    """With --loraplus-lr-other the head trains at that lr under the LoRA+ optimizer (it was reported as lr)."""
+    from loraplus.experiments.compare import summary_markdown
+
+    cfg = CompareConfig(methods=("lora", "loraplus", "loraplus-head-lrB", "lorafa"), lrs=("1e-3",), seeds=("0",),
+                        loraplus_lr_ratio=16.0, loraplus_lr_other=5e-4)  # fmt: skip
+    stats = {"lr": 2e-3, "test_mean": 0.5, "test_std": 0.0, "steps_to_target": None, "reached_target": "0/1",
+             "speedup_vs_lora": None}  # fmt: skip
+    table = summary_markdown({"metric": "accuracy", "target": None, "methods": {m: stats for m in cfg.methods}}, cfg)
+    heads = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in table.splitlines()[2:6]}
+    assert heads == {"lora": "0.0005 (fixed)", "loraplus": "0.0005 (fixed)", "loraplus-head-lrB": "0.032 (lr_B)",
+                     "lorafa": "0.002"}  # fmt: skip

@@ -175,10 +175,16 @@ def summarize(rows: list[dict], cfg: CompareConfig, best_lr: dict[str, float]) -
     return {"metric": cfg.metric, "target": target, "methods": stats}
 
 
-def _head_lr(method: str, lr: float, ratio: float, task: str) -> str:
-    if task != "classification":
+def _head_lr(method: str, lr: float, cfg: CompareConfig) -> str:
+    """The classification head's lr under ``method`` at ``lr``: lr_B for ``loraplus-head-lrB``, ``lr`` for PEFT's
+    optimizers (they take no LoRA+ options), else ``--loraplus-lr-other`` when given, else ``lr``."""
+    if cfg.task != "classification":
         return "— (no head)"
-    return f"{lr * ratio:.3g} (lr_B)" if method == "loraplus-head-lrB" else f"{lr:.3g}"
+    if method == "loraplus-head-lrB":
+        return f"{lr * cfg.loraplus_lr_ratio:.3g} (lr_B)"
+    if cfg.loraplus_lr_other is not None and METHODS[method][1].get("optimizer") is None:
+        return f"{cfg.loraplus_lr_other:.3g} (fixed)"
+    return f"{lr:.3g}"
 
 
 def summary_markdown(summary: dict, cfg: CompareConfig) -> str:
@@ -191,7 +197,7 @@ def summary_markdown(summary: dict, cfg: CompareConfig) -> str:
     ]
     for method, s in summary["methods"].items():
         lines.append(
-            f"| {method} | {s['lr']:.3g} | {_head_lr(method, s['lr'], cfg.loraplus_lr_ratio, cfg.task)} | {fmt(s['test_mean'])} ± "
+            f"| {method} | {s['lr']:.3g} | {_head_lr(method, s['lr'], cfg)} | {fmt(s['test_mean'])} ± "
             f"{fmt(s['test_std'])} | {fmt(s['steps_to_target'], 1)} ({s['reached_target']}) | "
             f"{fmt(s['speedup_vs_lora'], 2)} |"
         )
