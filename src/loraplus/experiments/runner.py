@@ -205,18 +205,18 @@ def run_all(specs: list[RunSpec], *, storage: str | None, folder: str | Path, me
     folders = [str(Path(spec.config.output_dir)) for spec in specs]
     if len(set(folders)) != len(folders):
         raise ValueError("two runs share one output folder")
-    grid = _Grid(specs, storage_url(folder, storage), shared=storage is not None, metric=metric)
-    stale = {**grid.stale_trials(), **stale_runs(specs)}
+    runs = _Runs(specs, storage_url(folder, storage), shared=storage is not None, metric=metric)
+    stale = {**runs.stale_trials(), **stale_runs(specs)}
     if stale and not overwrite:
         where, changed = next(iter(stale.items()))
         raise ValueError(f"{len(stale)} run folder(s) hold runs of other options or data, e.g. {where!r} "
                          f"({'; '.join(changed)}); pass --overwrite to run them again, or choose another "
                          "--output-dir")  # fmt: skip
-    grid.run(stale, jobs=jobs, progress=progress)
-    return grid.rows()
+    runs.run(stale, jobs=jobs, progress=progress)
+    return runs.rows()
 
 
-class _Grid:
+class _Runs:
     """The specs of one ``run_all`` as trials of their Optuna studies (one per ``RunSpec.study``)."""
 
     def __init__(self, specs: list[RunSpec], url: str, *, shared: bool, metric: str):
@@ -225,7 +225,7 @@ class _Grid:
         self.identities = [identity_of(spec.config.to_dict()) for spec in specs]
         self.lower = metric in ("loss", "perplexity")
         self.studies = {spec.study: None for spec in specs}
-        for name in self.studies:  # the sampler is set when the runs still to do are queued
+        for name in self.studies:  # no sampler of use: every run comes from the trial queue
             self.studies[name] = open_study(self.storage, url, name, sampler=None,
                                             direction="minimize" if self.lower else "maximize")  # fmt: skip
         self.index = {(spec.study, _run_name(spec)): i for i, spec in enumerate(specs)}
