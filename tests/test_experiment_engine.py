@@ -134,10 +134,10 @@ WORKER = textwrap.dedent("""
 
     out, log = Path(sys.argv[1]), Path(sys.argv[2])
 
-    def run(spec, threads, rerun):  # a run of about a second, logged by the worker that ran it
+    def run(spec, threads, rerun):  # a run of 1.5 s, logged by the worker that ran it
         with log.open("a") as f:
             f.write(json.dumps(spec.labels["lr"]) + "\\n")
-        time.sleep(0.8)
+        time.sleep(1.5)
         return {{**spec.labels, "status": "done", "validation_accuracy": 0.5, "curve": [], "record": {{}}}}
 
     runner._run_one = run
