@@ -3,9 +3,10 @@
 Stage 1 tunes: every method runs once per lr of a shared grid (seed ``tune_seed``); the lr with the best final
 validation metric wins. Stage 2 runs each method at its lr for every seed. Every run is a trial of its method's
 Optuna study (``compare-<method>``, its runs enqueued, in ``OUT/study.db`` or the ``storage`` given) and a
-resumable run folder (``runs/<method>/lr<lr>_seed<s>``). Outputs: ``results/<method>_seed<s>.json`` (resolved config, seed, metric at
-every evaluation, wall time, package versions), ``summary.md`` (mean ± std of the final test metric,
-steps-to-target and speed-up over LoRA), ``summary.json``, and the curves ``metric.png`` and ``train_loss.png``.
+resumable run folder (``runs/<method>/lr<lr>_seed<s>``). Outputs: ``results/<method>_seed<s>.json`` (resolved
+config, seed, metric at every evaluation, wall time, package versions), ``summary.md`` (mean ± std of the final
+test metric, steps-to-target and speed-up over LoRA), ``summary.json``, and the curves ``metric.png`` and
+``train_loss.png``.
 
 Which lr the classification head gets: ``lr`` (= lr_A) for every method, except ``loraplus-head-lrB`` where it
 takes lr_B = λ · lr, and ``lorafa`` where PEFT's optimizer gives every trainable tensor ``lr``.
@@ -122,6 +123,9 @@ def tune(cfg: CompareConfig, progress: bool) -> dict[str, float]:
     best = {}
     for method in cfg.methods:
         scores = [_score(r, cfg.metric) for r in rows if r["method"] == method]
+        if np.isnan(scores).all() and any(r["status"].startswith("running") for r in rows if r["method"] == method):
+            raise ValueError(f"the tuning runs of {method} are running in another worker of storage "
+                             f"{cfg.storage!r}; run the command again when they have finished")  # fmt: skip
         if np.isnan(scores).all():
             raise RuntimeError(f"every tuning run of {method} failed; see the logs under {cfg.output_dir}/runs/{method}")
         best[method] = lrs[int(np.nanargmax(scores))]
