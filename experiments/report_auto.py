@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -99,4 +98,3 @@ if __name__ == "__main__":
     result = report()
     (HERE / "auto-rule.json").write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(result))
-    sys.exit(0)
