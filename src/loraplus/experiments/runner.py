@@ -235,7 +235,7 @@ class _Runs:
         """``self.latest[i]``: the newest trial of spec ``i`` (``None`` if its study has none)."""
         self.latest = [None] * len(self.specs)
         for name, study in self.studies.items():
-            for trial in study.get_trials(deepcopy=False, states=_kept()):  # not the runs skipped as another's
+            for trial in study.get_trials(deepcopy=False, states=_states(*KEPT)):  # not the runs skipped as another's
                 i = self.index.get((name, trial.user_attrs.get("run")))
                 if i is not None and (self.latest[i] is None or trial.number > self.latest[i].number):
                     self.latest[i] = trial
@@ -262,7 +262,7 @@ class _Runs:
             if trial is not None and trial.state.name == "RUNNING":
                 if self.shared and _alive_or_elsewhere(trial.user_attrs.get("worker")):
                     continue  # another worker's, running (or on another machine: it may be)
-                self.studies[spec.study].tell(trial.number, state=_failed())  # killed: its run starts over
+                self.studies[spec.study].tell(trial.number, state=_states("FAIL")[0])  # killed: its run starts over
             if not self._finished(i) or folder in stale:
                 todo.append(i)
         return todo
@@ -286,7 +286,7 @@ class _Runs:
             objective = self._objective(name, {_run_name(self.specs[i]) for i in work[name]}, stale, slots, threads, bar)
             while not self.stopping.is_set():
                 with asking:
-                    if not study.get_trials(deepcopy=False, states=(_waiting(),)):
+                    if not study.get_trials(deepcopy=False, states=_states("WAITING")):
                         return  # every queued run was handed out
                     trial = study.ask()
                 _tell(study, trial, objective)
@@ -346,7 +346,7 @@ class _Runs:
         options: a run queued twice, by two workers of a shared storage or by an interrupted earlier attempt,
         runs once."""
         spec, seen = self.specs[i], -1 if self.latest[i] is None else self.latest[i].number
-        for other in self.studies[spec.study].get_trials(deepcopy=False, states=_kept()):
+        for other in self.studies[spec.study].get_trials(deepcopy=False, states=_states(*KEPT)):
             if other.number <= seen or other.number == number or other.user_attrs.get("run") != _run_name(spec):
                 continue
             if other.state.name == "RUNNING" and other.number < number:
@@ -387,12 +387,6 @@ def _alive_or_elsewhere(worker: str | None) -> bool:
     return True
 
 
-def _waiting():
-    from optuna.trial import TrialState
-
-    return TrialState.WAITING
-
-
 def _tell(study, trial, objective) -> None:
     """Run ``objective(trial)`` and tell the study how it ended: its value, pruned, or failed."""
     import optuna
@@ -402,30 +396,30 @@ def _tell(study, trial, objective) -> None:
         value = objective(trial)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
-    except Exception:  # the run's error is in its row
+    except BaseException as err:  # the run's error is in its row; on Ctrl-C the trial is not left running
         study.tell(trial, state=TrialState.FAIL)
-    except BaseException:  # Ctrl-C: the trial is not left running
-        study.tell(trial, state=TrialState.FAIL)
-        raise
+        if not isinstance(err, Exception):
+            raise
     else:
         study.tell(trial, value)
+
+
+KEPT = ("RUNNING", "COMPLETE", "FAIL")  # trial states of runs; PRUNED: a queued run skipped as another trial's
+
+
+def _states(*names: str) -> tuple:
+    """Optuna's trial states by name, looked up when used so that importing the runner does not import Optuna."""
+    from optuna.trial import TrialState
+
+    return tuple(TrialState[name] for name in names)
 
 
 class RunFailed(RuntimeError):
     """A run of an experiment ended with an error (its row's status); the trial is recorded as failed."""
 
 
-def _failed():
-    from optuna.trial import TrialState
-
-    return TrialState.FAIL
 
 
-def _kept():
-    """Optuna's trial states of runs: not PRUNED, the state of a run skipped because another worker had it."""
-    from optuna.trial import TrialState
-
-    return (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)
 
 
 def _run_name(spec: RunSpec) -> str:
