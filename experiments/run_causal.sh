@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LP=".venv/bin/loraplus"
 COMMON="--task causal-lm --model smollm2-135m --dataset sms-spam --max-length 64 --max-steps 40 --batch-size 8
-        --eval-batch-size 16 --max-eval-samples 200 --eval-steps 10 --logging-steps 10"
+        --eval-batch-size 16 --max-eval-samples 200 --eval-subset 0 --eval-steps 10 --logging-steps 10"
 $LP sweep $COMMON --output-dir experiments/sweep-smollm2-sms --metric macro_f1 --jobs 2 \
     --lr-a-min 1e-4 --lr-a-max 1.6e-3 --lr-a-points 3 --lr-b-min 1e-4 --lr-b-max 6.4e-3 --lr-b-points 4 --seeds 0
 $LP compare $COMMON --output-dir experiments/compare-smollm2-sms --metric macro_f1 --jobs 2 \

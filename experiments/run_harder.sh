@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LP="${LP:-.venv/bin/loraplus}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-EVAL="--max-eval-samples 1000 --eval-steps 100 --logging-steps 50 --batch-size 16"
+EVAL="--max-eval-samples 1000 --eval-subset 0 --eval-steps 100 --logging-steps 50 --batch-size 16"
 
 # Learning curves at lr_A 1e-3, one seed, validation every 100 steps; multiemo: LoRA and LoRA+ (λ 16).
 curve_multiemo() {
@@ -27,7 +27,7 @@ curve_vitaminc() {
 # 250 steps, validation on 1,000 rows at the end.
 sweep_multiemo() {
     $LP sweep --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
-        --max-eval-samples 1000 --eval-steps 250 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --max-eval-samples 1000 --eval-subset 0 --eval-steps 250 --logging-steps 50 --loraplus-lr-other 1e-3 \
         --lr-a-min 3e-4 --lr-a-max 3e-3 --lr-a-points 3 --lr-b-min 3e-4 --lr-b-max 3e-2 --lr-b-points 5 \
         --seeds 0 --output-dir experiments/sweep-multiemo
 }
@@ -37,7 +37,7 @@ sweep_multiemo() {
 # head's lr held at 1e-3 for both, then 3 seeds at each method's lr; validation every 50 steps (steps-to-target).
 compare_multiemo() {
     $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
-        --max-eval-samples 1000 --eval-steps 50 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --max-eval-samples 1000 --eval-subset 0 --eval-steps 50 --logging-steps 50 --loraplus-lr-other 1e-3 \
         --methods lora,loraplus --lrs 1.25e-4,2.5e-4,5e-4,1e-3,2e-3 --seeds 0,1,2 --loraplus-lr-ratio 16 \
         --output-dir experiments/compare-multiemo
 }
@@ -50,7 +50,7 @@ compare_multiemo() {
 untuned_multiemo() {
     for lr in ${UNTUNED_LRS:-5e-5 1e-4 2e-4}; do
         $LP compare --model minilm-l6 --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
-            --max-eval-samples 1000 --eval-steps 125 --logging-steps 50 --methods lora,loraplus --lrs "$lr" \
+            --max-eval-samples 1000 --eval-subset 0 --eval-steps 125 --logging-steps 50 --methods lora,loraplus --lrs "$lr" \
             --seeds 0,1,2 --loraplus-lr-ratio 16 --output-dir "experiments/untuned-multiemo-lr$lr"
     done
 }
@@ -59,7 +59,7 @@ untuned_multiemo() {
 # comparison as multiemo with a coarser grid (head at 1e-3, factor-4 lr grid, 3 seeds, validation every 125).
 compare_rotten() {
     $LP compare --model minilm-l6 --dataset rotten-tomatoes --max-length 48 --max-steps 250 --batch-size 16 \
-        --max-eval-samples 1000 --eval-steps 125 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --max-eval-samples 1000 --eval-subset 0 --eval-steps 125 --logging-steps 50 --loraplus-lr-other 1e-3 \
         --methods lora,loraplus --lrs 1.25e-4,5e-4,2e-3 --seeds 0,1,2 --loraplus-lr-ratio 16 \
         --output-dir experiments/compare-rotten
 }

@@ -60,7 +60,7 @@ def cli_error(capsys, argv) -> str:
         ("loraplus_lr_ratio", 0, "loraplus_lr_ratio must be > 0, got 0"),
         ("loraplus_lr_ratio", -16, "loraplus_lr_ratio must be > 0, got -16"),
         ("loraplus_lr_ratio", float("-inf"), "loraplus_lr_ratio must be finite, got -inf"),
-        ("loraplus_lr_ratio", "sixteen", "loraplus_lr_ratio must be a number, got 'sixteen'"),
+        ("loraplus_lr_ratio", "sixteen", "loraplus_lr_ratio must be auto or a number, got 'sixteen'"),
         ("r", -4, "r must be a positive integer, got -4"),
         ("lora_alpha", 0, "lora_alpha must be > 0, got 0"),
         ("lora_alpha", float("nan"), "lora_alpha must be finite, got nan"),
@@ -73,6 +73,9 @@ def cli_error(capsys, argv) -> str:
         ("lr_scheduler_type", "cosin", "lr_scheduler_type must be one of linear, cosine, .*got 'cosin'"),
         ("output_dir", "", "output_dir must not be empty"),
         ("dataset", " ", "dataset must not be empty"),
+        ("threads", 0, "threads must be auto or an integer >= 1, got 0"),
+        ("threads", "two", "threads must be auto or an integer, got 'two'"),
+        ("threads", True, "threads must be auto or an integer, got True"),
     ],
 )
 def test_bad_numbers_and_names_are_refused_naming_the_value(option, value, message):

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from loraplus.cli import main
 from loraplus.config import TrainConfig
@@ -235,3 +236,32 @@ def test_report_to_csv_and_tensorboard_write_into_the_run_folder(tiny_bert_dir, 
 def test_report_to_is_checked_before_loading(value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig(report_to=value)
+
+
+class EvalSizes(TrainerCallback):
+    """Records (step, examples evaluated) at every evaluation."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
+        self.seen.append((state.global_step, len(eval_dataloader.dataset)))
+
+
+@pytest.mark.parametrize("eval_subset, max_steps, expected", [
+    (4, 5, [(2, 4), (4, 4), (5, 12), (5, 12)]),  # subset during training, the whole split at the end, then test
+    (4, 4, [(2, 4), (4, 12), (4, 12)]),  # the last step's subset evaluation is replaced by the whole split
+    (0, 5, [(2, 12), (4, 12), (5, 12), (5, 12)]),  # whole split every time; the last one is reused at the end
+    (50, 5, [(2, 12), (4, 12), (5, 12), (5, 12)]),  # a subset as large as the split is the split
+])  # fmt: skip
+def test_validation_subset_during_training_and_whole_split_at_the_end(tiny_bert_dir, tiny_csv, tmp_path, eval_subset,
+                                                                       max_steps, expected):
+    sizes = EvalSizes()
+    out = tmp_path / "run"
+    metrics = run_train(TrainConfig(model=str(tiny_bert_dir), dataset=str(tiny_csv), output_dir=str(out), batch_size=4,
+                                    max_length=32, max_steps=max_steps, eval_steps=2, eval_subset=eval_subset,
+                                    save_checkpoints=False), callbacks=[sizes])  # fmt: skip
+    assert sizes.seen == expected  # 120 rows: 12 validation, 12 test
+    evaluations = [r for r in json.loads((out / "log_history.json").read_text()) if "eval_loss" in r]
+    assert [r["step"] for r in evaluations] == sorted({step for step, _ in expected})
+    assert evaluations[-1]["eval_accuracy"] == metrics["validation"]["accuracy"]

@@ -12,6 +12,7 @@ from .precision import ATTENTION, DEVICES
 from .groups import DEFAULT_LORAPLUS_LR_RATIO, LoraPlusConfig, as_float
 from .models import LoraOptions
 from .tasks import TASKS, get_task
+from .threads import THREADS_AUTO
 
 __all__ = ["AUTO", "OPTIMIZERS", "TrainConfig", "check_not_set_by_experiment", "check_report_to", "set_by_experiment"]
 
@@ -68,6 +69,8 @@ class TrainConfig:
     lr_scheduler_type: str = _opt("linear", "transformers scheduler: linear, cosine, cosine_with_restarts, polynomial, "
                                   "constant, constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau, greedy")
     eval_steps: int = _opt(25, "evaluate on the validation split (and checkpoint) every N steps")
+    eval_subset: int = _opt(64, "evaluations during training use the first N validation examples (a fixed "
+                            "subset); the whole split is evaluated at the end; 0: the whole split every time")
     logging_steps: int = _opt(10, "log the training loss every N steps")
     monitor: bool = _opt(False, "feature-learning monitor: δ_A, δ_B of every LoRA layer; writes feature_learning.json/.png")
     monitor_every: int = _opt(10, "monitor every N optimizer steps (steps 1, 1+N, ...)")
@@ -79,6 +82,8 @@ class TrainConfig:
     max_eval_samples: int | None = _opt(None, "use only the first N validation and test examples")
     trust_remote_code: bool = _opt(False, "allow model code from the hub (off unless you trust the source)")
     device: str = _opt("auto", "auto (CUDA if there is a GPU, else CPU), cpu or cuda")
+    threads: int | str = _opt(THREADS_AUTO, "CPU threads of torch: a number, or auto (the cores other processes "
+                              "leave idle, measured as the run loads; OMP_NUM_THREADS, if set, wins)")
     bf16: bool | None = _opt(None, "bf16 mixed precision (default: on a CUDA GPU that supports it; on CPU it runs "
                              "under CPU autocast); --no-bf16 for fp32")
     fp16: bool = _opt(False, "fp16 mixed precision with a gradient scaler (CUDA only; LoRA parameters stay float32)")
@@ -108,9 +113,7 @@ class TrainConfig:
         for name, value in task.defaults.items():  # None = "the task's default"
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        if isinstance(self.loraplus_lr_ratio, str) and self.loraplus_lr_ratio.strip().lower() == AUTO:
-            object.__setattr__(self, "loraplus_lr_ratio", AUTO)
-        coerce_fields(self)
+        coerce_fields(self)  # also " Auto " -> "auto"
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("model", "dataset", "output_dir"):  # "" would mean the current folder
@@ -125,6 +128,8 @@ class TrainConfig:
             _positive_int(name, getattr(self, name))
         if self.max_steps != -1:
             _positive_int("max_steps", self.max_steps)
+        if isinstance(self.eval_subset, bool) or not isinstance(self.eval_subset, int) or self.eval_subset < 0:
+            raise ValueError(f"eval_subset must be an integer >= 0 (0: the whole validation split), got {self.eval_subset!r}")
         as_float("epochs", self.epochs)
         warmup = as_float("warmup_ratio", self.warmup_ratio, allow_zero=True)
         if warmup >= 1:
@@ -161,6 +166,9 @@ class TrainConfig:
         """The ranges of the device/precision options (what the machine has is checked when the run starts)."""
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.threads != THREADS_AUTO and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                             or self.threads < 1):
+            raise ValueError(f"threads must be auto or an integer >= 1, got {self.threads!r}")
         if self.attn_implementation not in ATTENTION:
             raise ValueError(f"attn_implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}")
         _positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
@@ -234,9 +242,10 @@ def coerce(name: str, value, hint):
     args = typing.get_args(hint)
     if value is None and type(None) in args:
         return None
-    if value == AUTO and str in args:  # loraplus_lr_ratio: a number or "auto"
-        return value
+    if isinstance(value, str) and value.strip().lower() == AUTO and str in args:  # a number or "auto"
+        return AUTO
     kind = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    auto = f"{AUTO} or " if str in args else ""
     if typing.get_origin(kind) is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(
@@ -252,7 +261,7 @@ def coerce(name: str, value, hint):
         try:
             return float(value)
         except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float (10**400)
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
+            raise ValueError(f"{name} must be {auto}a number, got {value!r}") from None
     if kind is int and not isinstance(value, bool):
         try:
             number = float(value) if isinstance(value, str) else value
@@ -262,7 +271,7 @@ def coerce(name: str, value, hint):
             number = value
         if isinstance(number, int):
             return number
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be {auto}an integer, got {value!r}")
     if kind is str and not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {value!r}")
     return value

@@ -4,7 +4,7 @@ Before training starts, ``identity.json`` records the run's resolved options and
 file they name (the dataset file or folder, a chat template): resolved path, size and SHA-256. A rerun, a
 ``--resume``, an experiment cell or ``loraplus evaluate`` compares against it: identical means reuse or continue;
 different is refused with the options (or files) that differ. Options that do not change what is trained
-(``IGNORED_OPTIONS``: where and how often it is logged, the evaluation batch size) may differ.
+(``IGNORED_OPTIONS``: where and how often it is logged, the evaluation batch size, CPU threads) may differ.
 
 While a run works in its folder it holds ``.lock`` (``fcntl.flock``; the file holds the owner's pid): a second
 process on the same folder is refused, naming that pid. The lock goes with the process, so a killed run never
@@ -35,7 +35,8 @@ LOCK_FILE = ".lock"
 PREVIOUS_DIR = ".previous"
 # options that may differ between two runs of one identity: they change where or how often results are written,
 # not what is trained (evaluation draws no random numbers from the training stream: see hf.LoraPlusMixin)
-IGNORED_OPTIONS = frozenset({"output_dir", "overwrite", "resume", "report_to", "logging_steps", "eval_batch_size"})
+IGNORED_OPTIONS = frozenset({"output_dir", "overwrite", "resume", "report_to", "logging_steps", "eval_batch_size",
+                             "threads"})
 # options naming a local file whose content changes the run
 FILE_OPTIONS = ("dataset", "chat_template")
 

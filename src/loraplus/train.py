@@ -33,6 +33,7 @@ from .runfolder import (differences, finish_replace, folder_lock, holds_nothing,
                         replace_previous, write_identity)
 from .safety import NonFiniteLossCallback, last_good_checkpoint
 from .tasks import get_task
+from .threads import IdleMeter, apply_threads
 from .width_rule import AUTO_RATIO
 
 __all__ = ["build_trainer", "prepare_output_dir", "resolve_ratio", "run_folder", "run_train", "split_metrics", "start_run"]
@@ -259,7 +260,7 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
         optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: the LoRA+ groups
         args=training_arguments(cfg, out, loraplus, parts.args_class, parts.args_extra, hardware),
         train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
+        eval_dataset=in_training_validation(tokenized["validation"], cfg.eval_subset),
         data_collator=parts.data_collator,
         compute_metrics=parts.compute_metrics,
         preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
@@ -269,8 +270,28 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
     )
     if parts.model_accepts_loss_kwargs is not None:
         trainer.model_accepts_loss_kwargs = parts.model_accepts_loss_kwargs
+    if len(trainer.eval_dataset) < len(tokenized["validation"]):
+        trainer.add_callback(NoSubsetEvaluationAtTheEnd())
     trainer.loraplus_task_summary = parts.summary
     return trainer, tokenizer, tokenized
+
+
+def in_training_validation(validation, eval_subset: int):
+    """The validation examples evaluated during training: the first ``eval_subset`` (the split is already shuffled by
+    the run's seed, so they are a fixed random subset), or the whole split when ``eval_subset`` is 0 or not smaller.
+    The whole split is always evaluated at the end of the run."""
+    if 0 < eval_subset < len(validation):
+        return validation.select(range(eval_subset))
+    return validation
+
+
+class NoSubsetEvaluationAtTheEnd(TrainerCallback):
+    """With a validation subset during training, skip the subset's evaluation at the last step: the run evaluates
+    the whole split there, so the validation curve holds one point per step and ends on the whole split."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = False
 
 
 def prepare_base_(model, hardware: RunHardware, gradient_checkpointing: bool) -> None:
@@ -375,17 +396,17 @@ def run_train(cfg: TrainConfig, callbacks=()) -> dict:
             ``FileExistsError``) when another process runs in ``cfg.output_dir``.
         ValueError: bad options, data or model (from the loaders), or a split smaller than one batch.
     """
-    start = time.perf_counter()
+    start, meter = time.perf_counter(), IdleMeter()  # --threads auto: idle CPUs while the run loads
     hardware = resolve_hardware(cfg)  # no GPU for --fp16 / --load-in-4bit: refused before anything is written
     loraplus = cfg.loraplus(resolve_ratio(cfg))
     identity = identity_of(cfg.to_dict())
     with run_folder(cfg, identity) as out:
-        metrics = _train_in(out, cfg, identity, hardware, loraplus, callbacks, start)
+        metrics = _train_in(out, cfg, identity, hardware, loraplus, callbacks, start, meter)
     return metrics
 
 
 def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware, loraplus: LoraPlusConfig,
-              callbacks, start: float) -> dict:  # fmt: skip
+              callbacks, start: float, meter: IdleMeter | None = None) -> dict:  # fmt: skip
     path = resolve_model(cfg.model)  # a bad model name fails before the data is read
     data = get_task(cfg.task).load_data(cfg)
     callbacks = [NonFiniteLossCallback(), FileModeCallback(), *reporting_callbacks(cfg, out), *callbacks]
@@ -394,7 +415,9 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
     used = getattr(getattr(trainer.model, "config", None), "_attn_implementation", None)  # eager where sdpa is missing
     if isinstance(used, str) and used != hardware.attn_implementation:
         hardware = dataclasses.replace(hardware, attn_implementation=used)
-    trainer.loraplus_hardware = _hardware_summary(cfg, hardware, trainer.args.world_size, sizes["train"])
+    threads = apply_threads(cfg.threads, meter, hardware.device)
+    trainer.loraplus_hardware = {**_hardware_summary(cfg, hardware, trainer.args.world_size, sizes["train"]), **threads}
+    logger.info("torch threads %d (%s)", threads["threads"], threads["threads_from"])
     labels = getattr(data, "label_names", None)
     logger.info("data %s: %s%s", data.source, sizes, f", {len(labels)} classes" if labels else "")
     monitor = None
@@ -402,7 +425,8 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
         monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
     start_run(out, cfg, identity)  # every check passed: only now is an old run moved aside
     train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
-    validation = _last_evaluation(trainer) or trainer.evaluate()
+    whole = trainer.eval_dataset is tokenized["validation"]  # else the subset was evaluated during training
+    validation = (_last_evaluation(trainer) if whole else None) or trainer.evaluate(tokenized["validation"])
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
     task = get_task(cfg.task)
     extra = {name: trainer.evaluate(tokenized[name], metric_key_prefix=name)
