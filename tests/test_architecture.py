@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "loraplus"
 LAYERS = {
     0: ("groups", "optim"),
     1: ("io", "distributed", "monitor", "safety", "models", "data", "hf", "lightning", "width_rule", "tasks",
-        "instruct_data", "bigbench", "mmlu", "generation", "precision", "runfolder", "multipart"),
+        "instruct_data", "bigbench", "mmlu", "generation", "precision", "threads", "runfolder", "multipart"),
     2: ("config", "configfile"),
     3: ("train", "runs"),
     4: ("adapters", "generate", "evaluate_mmlu", "ratio", "experiments"),
