@@ -1,5 +1,6 @@
-"""Figures 4 and 5: ``loraplus train`` with its defaults against the bare script (``bare_trainer.py``), one
-fine-tuning run each, each in its own process (their peak RSS feeds figure 7).
+"""Figures 4, 5 and 12: ``loraplus train`` with its defaults against the bare script (``bare_trainer.py``), one
+fine-tuning run each, each in its own process (figure 4's peak RSS feeds figure 7; figure 12, whole runs side by
+side, is ``run_whole``).
 
 Both runs: minilm-l6 on bbc-news (seed-0 split), one epoch, batch 16, max_length 128. loraplus: ``run_train(TrainConfig(
 output_dir=...))`` with every default (lr 1e-3, λ 16, dynamic padding, warm-up, validation + checkpoint every 25
@@ -32,13 +33,14 @@ from benchmarks.common import Context, median_interval, row, run_worker, run_wor
 
 NAME_TTA, TITLE_TTA = "time_to_accuracy", "4 time to accuracy"
 NAME_TPUT, TITLE_TPUT = "throughput", "5 throughput"
+NAME_WHOLE, TITLE_WHOLE = "whole_run", "12 whole run"
 
 
 def config(quick: bool) -> dict:
     if quick:
         return {"model": "tiny-bert-folder", "limits": {"max_train_samples": 32, "max_eval_samples": 16, "max_length": 32},
-                "probe_every": 1, "lockstep": {"steps": 3, "pairs": 1}}  # fmt: skip
-    return {"model": "minilm-l6", "limits": {}, "probe_every": 10, "lockstep": {"steps": 30, "pairs": 2}}
+                "probe_every": 1, "lockstep": {"steps": 3, "pairs": 1}, "whole_pairs": 1}  # fmt: skip
+    return {"model": "minilm-l6", "limits": {}, "probe_every": 10, "lockstep": {"steps": 30, "pairs": 2}, "whole_pairs": 3}
 
 
 def model_path(ctx: Context, name: str) -> str:
@@ -160,6 +162,39 @@ def run_throughput(ctx: Context, cfg: dict) -> dict:
             note="loraplus' periodic validation + checkpoints included"),
     ]  # fmt: skip
     return {"rows": rows, "data": {"lockstep": data, "samples_per_second": rate}}
+
+
+def run_whole(ctx: Context, cfg: dict) -> dict:
+    """Figure 12, whole runs: ``whole_pairs`` x (the bare script, ``loraplus train`` with every default), each pair
+    two processes started together (one core each at one thread), each a whole run from the call to the end
+    (model and data loading, training, each side's own evaluations and checkpoints, the final test evaluation,
+    the artifacts). The ratio of a pair is loraplus' CPU seconds / bare's; the figure is the median over pairs,
+    with its bootstrap 95 % interval, target <= 1.05. The detail splits each side into its training steps and
+    everything else (evaluations, checkpoints, loading, writing)."""
+    args = {"model": model_path(ctx, cfg["model"]), "limits": cfg["limits"], "probe_every": 0}
+    pairs = []
+    for p in range(cfg["whole_pairs"]):
+        ctx.log(f"[whole run] pair {p + 1}/{cfg['whole_pairs']}: bare script and loraplus train, side by side")
+        jobs = [("train_run", {**args, "kind": who, "workdir": str(ctx.workdir / f"whole-{p}" / who)})
+                for who in ("bare", "loraplus")]  # fmt: skip
+        bare, lp = run_workers(jobs, ctx, timeout=7200)
+        pairs.append({"bare": bare, "loraplus": lp})
+    ratios = {c: [q["loraplus"]["run_s"][f"{c}_s"] / q["bare"]["run_s"][f"{c}_s"] for q in pairs] for c in ("wall", "cpu")}
+    ci = {c: median_interval(v) for c, v in ratios.items()}
+
+    def split(who: str) -> str:
+        run = statistics.median(q[who]["run_s"]["cpu_s"] for q in pairs)
+        steps = statistics.median(q[who]["timer"]["train"]["cpu_s"] for q in pairs)
+        return f"{who} {run:.0f} cpu-s ({steps:.0f} in steps, {run - steps:.0f} else)"
+
+    rows = [row("loraplus train defaults / bare script, whole runs side by side",
+                wall=statistics.median(ratios["wall"]), cpu=statistics.median(ratios["cpu"]), target=("<=", 1.05),
+                spread=ci, value=f"{split('loraplus')} vs {split('bare')}; test accuracy "
+                                 f"{statistics.median(q['loraplus']['test_accuracy'] for q in pairs):.4f} vs "
+                                 f"{statistics.median(q['bare']['test_accuracy'] for q in pairs):.4f}",
+                note=f"{len(pairs)} pairs; 95 % interval {ci['cpu'][0]:.3f}..{ci['cpu'][1]:.3f}")]  # fmt: skip
+    return {"rows": rows, "data": {"pairs": [{w: {k: q[w][k] for k in ("run_s", "test_accuracy", "timer")}
+                                              for w in q} for q in pairs], "ratios": ratios}}  # fmt: skip
 
 
 def throughput_lockstep(pairs: list[dict]) -> tuple[list[dict], dict]:

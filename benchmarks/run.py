@@ -36,8 +36,8 @@ HERE = Path(__file__).resolve().parent
 
 def figures() -> dict:
     """``{name: (title, config(quick) -> dict, run(ctx, cfg) -> dict)}`` in the order of the figures."""
-    from benchmarks import (fig_groups, fig_memory, fig_mmlu, fig_monitor, fig_optimizer, fig_train_runs, fig_train_step,
-                            fig_tune)
+    from benchmarks import (fig_groups, fig_memory, fig_mmlu, fig_monitor, fig_optimizer, fig_sft, fig_threads,
+                            fig_train_runs, fig_train_step, fig_tune)
 
     tr = fig_train_runs
     return {
@@ -50,6 +50,9 @@ def figures() -> dict:
         fig_memory.NAME: (fig_memory.TITLE, fig_memory.config, fig_memory.run),
         fig_mmlu.NAME: (fig_mmlu.TITLE, fig_mmlu.config, fig_mmlu.run),
         fig_tune.NAME: (fig_tune.TITLE, fig_tune.config, fig_tune.run),
+        fig_sft.NAME: (fig_sft.TITLE, fig_sft.config, fig_sft.run),
+        fig_threads.NAME: (fig_threads.TITLE, fig_threads.config, fig_threads.run),
+        tr.NAME_WHOLE: (tr.TITLE_WHOLE, tr.config, tr.run_whole),
     }
 
 

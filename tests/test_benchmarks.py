@@ -18,8 +18,9 @@ from benchmarks.common import Context, interleaved, paired_ratio  # noqa: E402
 
 ROW_KEYS = {"name", "ratio", "ratio_cpu", "target", "passed", "note"}
 IN_PROCESS = ["optimizer_step", "group_build", "train_step", "monitor_overhead", "mmlu_speed",
-              "tune_overhead"]  # tiny models built in code (tune_overhead: a tiny BERT folder, bbc-news)
-SUBPROCESS = ["time_to_accuracy", "throughput", "peak_memory"]  # worker processes, bbc-news
+              "tune_overhead", "sft_throughput"]  # tiny models built in code (tune_overhead: a tiny BERT folder,
+              # bbc-news; sft_throughput: a tiny chat Llama folder, made-up instruction rows)
+SUBPROCESS = ["time_to_accuracy", "throughput", "peak_memory", "whole_run", "threads"]  # worker processes, bbc-news
 
 
 @pytest.fixture
