@@ -75,7 +75,7 @@ def cli_error(capsys, argv) -> str:
         ("dataset", " ", "dataset must not be empty"),
         ("threads", 0, "threads must be auto or an integer >= 1, got 0"),
         ("threads", "two", "threads must be auto or an integer, got 'two'"),
-        ("threads", True, "threads must be auto or an integer, got True"),
+        ("threads", True, "threads must be auto or an integer >= 1, got True"),
     ],
 )
 def test_bad_numbers_and_names_are_refused_naming_the_value(option, value, message):
