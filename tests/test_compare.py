@@ -82,6 +82,8 @@ def test_every_method_maps_to_valid_train_options(tmp_path):
         run = cfg.run_config(method, 1e-4, 0)
         assert run.learning_rate == 1e-4
         assert run.loraplus_lr_ratio == (16.0 if method.startswith("loraplus") else 1.0)
+        assert run.eval_subset == 0  # steps-to-target reads every evaluation: the whole validation split
+    assert CompareConfig(output_dir=str(tmp_path), eval_subset=64).run_config("lora", 1e-4, 0).eval_subset == 64
 
 
 def test_steps_to_target_median_counts_a_seed_that_never_reached_it_as_infinite():

@@ -53,6 +53,8 @@ class CompareConfig(TrainConfig):
                                                    "seed": "--seeds and --tune-seed"}  # fmt: skip
 
     output_dir: str = _opt("runs/compare", "comparison folder: runs/, results/, summary.md, *.png")
+    eval_subset: int = _opt(0, "evaluations during training use the first N validation examples; 0 (compare's "
+                            "default): the whole split every time, as steps-to-target reads every evaluation")
     methods: tuple[str, ...] = _opt(tuple(METHODS), f"comma-separated methods: {', '.join(METHODS)}")
     lrs: tuple[str, ...] = _opt(("1e-4", "3e-4", "1e-3"), "comma-separated lr grid (lr_A) every method is tuned on")
     seeds: tuple[str, ...] = _opt(("0", "1", "2"), "comma-separated seeds of the final runs")
