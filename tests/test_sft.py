@@ -207,6 +207,8 @@ def test_a_whole_sft_run_writes_metrics_and_generations(chat_llama, tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["chat_template"] == "the model's own, with generation markers added"
     assert saved["labels"] is None and (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    assert [r["step"] for r in history if "eval_loss" in r] == [8]  # the last step's validation is reused, not rerun
 
 
 def test_generate_reloads_the_run_and_repeats_its_greedy_output(chat_llama, tmp_path, capsys):

@@ -270,10 +270,15 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
     )
     if parts.model_accepts_loss_kwargs is not None:
         trainer.model_accepts_loss_kwargs = parts.model_accepts_loss_kwargs
-    if len(trainer.eval_dataset) < len(tokenized["validation"]):
+    if uses_subset(cfg, tokenized["validation"]):
         trainer.add_callback(NoSubsetEvaluationAtTheEnd())
     trainer.loraplus_task_summary = parts.summary
     return trainer, tokenizer, tokenized
+
+
+def uses_subset(cfg: TrainConfig, validation) -> bool:
+    """Whether evaluations during training use a subset: ``cfg.eval_subset`` is set and smaller than the split."""
+    return 0 < cfg.eval_subset < len(validation)
 
 
 def in_training_validation(validation, eval_subset: int):
@@ -425,8 +430,8 @@ def _train_in(out: Path, cfg: TrainConfig, identity: dict, hardware: RunHardware
         monitor = add_feature_learning_callback(trainer, every=cfg.monitor_every, save_json=False)
     start_run(out, cfg, identity)  # every check passed: only now is an old run moved aside
     train_result = trainer.train(resume_from_checkpoint=_resume_point(out) if cfg.resume else None)
-    whole = trainer.eval_dataset is tokenized["validation"]  # else the subset was evaluated during training
-    validation = (_last_evaluation(trainer) if whole else None) or trainer.evaluate(tokenized["validation"])
+    reuse = not uses_subset(cfg, tokenized["validation"])  # the last evaluation in training was of the whole split
+    validation = (_last_evaluation(trainer) if reuse else None) or trainer.evaluate(tokenized["validation"])
     test = trainer.evaluate(tokenized["test"], metric_key_prefix="test")
     task = get_task(cfg.task)
     extra = {name: trainer.evaluate(tokenized[name], metric_key_prefix=name)
