@@ -211,7 +211,7 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
     assert not Path("/nonexistent-loraplus-dir").exists()
 
 
-def test_quick_run_refuses_a_file_of_full_figures(tmp_path):
+def test_quick_run_refuses_a_file_of_full_figures(tmp_path, one_thread):  # one_thread: main sets OMP_NUM_THREADS
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"figures": {"group_build": {"quick": False, "rows": []}}}))
     before = out.read_text()

@@ -169,10 +169,11 @@ def test_an_effective_batch_larger_than_the_data_is_refused(tiny_llama_dir, tiny
 
 def test_the_run_records_its_device_precision_and_effective_batch(tiny_llama_dir, tiny_csv, tmp_path):
     out = tmp_path / "rec"
-    run_train(causal_config(tiny_llama_dir, tiny_csv, out, batch_size=4, gradient_accumulation_steps=2, max_steps=1))
+    run_train(causal_config(tiny_llama_dir, tiny_csv, out, batch_size=4, gradient_accumulation_steps=2, max_steps=1,
+                            threads=1))  # fmt: skip
     assert json.loads((out / "config.json").read_text())["hardware"] == {
         "device": "cpu", "precision": "fp32", "quantization": None, "attn_implementation": "sdpa", "processes": 1,
-        "effective_batch_size": 8}  # fmt: skip
+        "effective_batch_size": 8, "threads": 1, "threads_from": "option"}  # fmt: skip
 
 
 def test_public_trainer_scales_a_classifier_loss_for_accumulation(tiny_bert_dir, tiny_csv, tmp_path):
