@@ -227,6 +227,14 @@ def bbc_batch(tokenizer, n: int, seq: int, *, causal: bool, offset: int = 0) -> 
 # ---------------------------------------------------------------- subprocess workers
 
 
+def child_env(first_on_path: Path = ROOT, drop: tuple[str, ...] = ()) -> dict:
+    """The environment of a measured child process: this one's, with ``first_on_path`` first on ``PYTHONPATH``, the
+    Hugging Face Hub offline, no tokenizer threads, and the variables in ``drop`` removed."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    path = os.pathsep.join(p for p in (str(first_on_path), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def run_worker(task: str, args: dict, ctx: Context, *, timeout: float | None = None) -> dict:
     """Run ``benchmarks.worker`` ``task`` in a fresh Python process (own memory peak); return its JSON result.
 
@@ -241,8 +249,7 @@ def run_workers(jobs: list[tuple[str, dict]], ctx: Context, *, timeout: float | 
     Concurrent workers are for measurements that coordinate among themselves (``LockStep``); each waits for its turn,
     so they do not compete for the CPU. A failure of any raises ``RuntimeError`` with its log's tail.
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    env = child_env()
     started = []
     for task, args in jobs:
         tag = f"{task}-{len(list(ctx.workdir.glob('*.log')))}"

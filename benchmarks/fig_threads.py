@@ -15,13 +15,12 @@ would count a faster run as a slower one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import subprocess
 import sys
 
-from benchmarks.common import ROOT, Context, median_interval, row
+from benchmarks.common import ROOT, Context, child_env, median_interval, row
 
 NAME = "threads"
 TITLE = "11 threads"
@@ -82,9 +81,7 @@ def _condition(ctx: Context, cfg: dict, model: str, condition: str) -> tuple[lis
 
 def _train(cfg: dict, model: str, variant: str, folder) -> tuple[dict, dict]:
     """One ``python -m loraplus train`` child; its ``metrics.json`` and ``config.json``'s ``hardware``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p),
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env = child_env(ROOT / "src", drop=("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
     cmd = [sys.executable, "-m", "loraplus", "train", "--model", model, "--output-dir", str(folder), "--overwrite",
            "--max-steps", str(cfg["steps"]), "--max-length", str(cfg["max_length"]), "--batch-size", "16",
            "--max-train-samples", str(cfg["max_train_samples"]), "--max-eval-samples", "16",

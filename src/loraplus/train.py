@@ -260,7 +260,7 @@ def build_trainer(cfg: TrainConfig, path: str, out: Path, data, callbacks=(), ad
         optimizers=(peft_optimizer(cfg, model) if adapter is None else None, None),  # None: the LoRA+ groups
         args=training_arguments(cfg, out, loraplus, parts.args_class, parts.args_extra, hardware),
         train_dataset=tokenized["train"],
-        eval_dataset=in_training_validation(tokenized["validation"], cfg.eval_subset),
+        eval_dataset=in_training_validation(cfg, tokenized["validation"]),
         data_collator=parts.data_collator,
         compute_metrics=parts.compute_metrics,
         preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
@@ -281,13 +281,11 @@ def uses_subset(cfg: TrainConfig, validation) -> bool:
     return 0 < cfg.eval_subset < len(validation)
 
 
-def in_training_validation(validation, eval_subset: int):
-    """The validation examples evaluated during training: the first ``eval_subset`` (the split is already shuffled by
-    the run's seed, so they are a fixed random subset), or the whole split when ``eval_subset`` is 0 or not smaller.
-    The whole split is always evaluated at the end of the run."""
-    if 0 < eval_subset < len(validation):
-        return validation.select(range(eval_subset))
-    return validation
+def in_training_validation(cfg: TrainConfig, validation):
+    """The validation examples evaluated during training: the first ``cfg.eval_subset`` (the split is already
+    shuffled by the run's seed, so they are a fixed random subset), or the whole split when ``eval_subset`` is 0 or
+    not smaller. The whole split is always evaluated at the end of the run."""
+    return validation.select(range(cfg.eval_subset)) if uses_subset(cfg, validation) else validation
 
 
 class NoSubsetEvaluationAtTheEnd(TrainerCallback):
