@@ -32,6 +32,16 @@ sweep_multiemo() {
         --seeds 0 --output-dir experiments/sweep-multiemo
 }
 
+# The same sweep on the wider encoder, mpnet-base (hidden 768, 12 layers): a step costs about 8 times minilm-l6's
+# (about 25 CPU-minutes a run on one core), so the grid is 3 x 3 cells taken from minilm-l6's (lr_A 3e-4..3e-3,
+# lr_B 9.5e-4..9.5e-3: ratios 0.32..32, LoRA at two lrs), same steps, data, head lr and validation rows.
+sweep_multiemo_mpnet() {
+    $LP sweep --model mpnet-base --dataset multiemo --max-length 64 --max-steps 250 --batch-size 16 \
+        --max-eval-samples 1000 --eval-subset 0 --eval-steps 250 --logging-steps 50 --loraplus-lr-other 1e-3 \
+        --lr-a-min 3e-4 --lr-a-max 3e-3 --lr-a-points 3 --lr-b-min 9.486832980505141e-4 \
+        --lr-b-max 9.486832980505141e-3 --lr-b-points 3 --seeds 0 --output-dir experiments/sweep-multiemo-mpnet
+}
+
 # The tuned comparison on multiemo, minilm-l6: LoRA and LoRA+ (λ 16), each lr_A tuned on a factor-2 grid that
 # spans LoRA's optimum (the sweep: 9.5e-4 good, 3e-3 fails at ratio 1) and LoRA+'s (lr_B = 16 lr_A <= 3e-3), the
 # head's lr held at 1e-3 for both, then 3 seeds at each method's lr; validation every 50 steps (steps-to-target).
@@ -64,5 +74,5 @@ compare_rotten() {
         --output-dir experiments/compare-rotten
 }
 
-if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo compare_multiemo untuned_multiemo compare_rotten; fi
+if [ "$#" -eq 0 ]; then set -- curve_multiemo curve_vitaminc sweep_multiemo sweep_multiemo_mpnet compare_multiemo untuned_multiemo compare_rotten; fi
 for step in "$@"; do "$step"; done
